@@ -1,0 +1,146 @@
+//! Command-line flags of `dcache-node`, each also settable as a `DCACHE_*` variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::store::EvictionPolicy;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "dcache-node",
+    version,
+    about = "A dcache cache node: an in-memory cache with an HTTP API and Prometheus metrics.",
+    after_help = "Sizes take binary or decimal units (512MiB, 1GiB, 64kB, or plain bytes). \
+                  Durations take units (500ms, 30s, 5m) or plain seconds."
+)]
+pub struct NodeConfig {
+    /// Address the HTTP cache API listens on.
+    #[arg(long, env = "DCACHE_LISTEN", default_value = "0.0.0.0:7000")]
+    pub listen: SocketAddr,
+
+    /// This node's name in logs, /stats and metrics. Defaults to the listen address.
+    #[arg(long, env = "DCACHE_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Memory budget for cached keys and values, per-entry overhead included. Past it
+    /// the eviction policy makes room.
+    #[arg(long, env = "DCACHE_MAX_MEMORY", default_value = "512MiB", value_parser = parse_size)]
+    pub max_memory: u64,
+
+    /// Which entries make room when the budget is full.
+    #[arg(long, env = "DCACHE_EVICTION_POLICY", value_enum, default_value_t = EvictionPolicy::Tinylfu)]
+    pub eviction_policy: EvictionPolicy,
+
+    /// TTL applied to writes that do not give one. Unset: such keys never expire.
+    #[arg(long, env = "DCACHE_DEFAULT_TTL", value_parser = parse_duration)]
+    pub default_ttl: Option<Duration>,
+
+    /// Largest key accepted, in bytes after percent-decoding; longer keys get 413.
+    #[arg(long, env = "DCACHE_MAX_KEY_BYTES", default_value = "1KiB", value_parser = parse_size)]
+    pub max_key_bytes: u64,
+
+    /// Largest value accepted (JSON text or raw bytes); larger values get 413.
+    #[arg(long, env = "DCACHE_MAX_VALUE_BYTES", default_value = "1MiB", value_parser = parse_size)]
+    pub max_value_bytes: u64,
+
+    /// Number of partitions keys hash into. Fixed for the life of a cluster.
+    #[arg(long, env = "DCACHE_PARTITIONS", default_value_t = dcache_protocol::DEFAULT_PARTITIONS,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub partitions: u32,
+
+    /// How often expired entries are swept out in the background.
+    #[arg(long, env = "DCACHE_EXPIRY_SWEEP_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
+    pub expiry_sweep_interval: Duration,
+
+    /// On SIGTERM or Ctrl-C, how long in-flight requests may take to finish before the
+    /// node exits anyway.
+    #[arg(long, env = "DCACHE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Log line format. The level comes from RUST_LOG (default: info).
+    #[arg(long, env = "DCACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl NodeConfig {
+    pub fn node_id(&self) -> String {
+        self.node_id
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+}
+
+/// Parses `512MiB`, `1GiB`, `64kB` or a plain number of bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let size: bytesize::ByteSize = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("{text:?} is not a size like 512MiB: {e}"))?;
+    if size.as_u64() == 0 {
+        return Err(format!("{text:?}: size must be greater than zero"));
+    }
+    Ok(size.as_u64())
+}
+
+/// Parses `500ms`, `30s`, `5m` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let duration = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(text)
+            .map_err(|e| format!("{text:?} is not a duration like 30s: {e}"))?,
+    };
+    if duration.is_zero() {
+        return Err(format!("{text:?}: duration must be greater than zero"));
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1KiB"), Ok(1024));
+        assert_eq!(parse_size("64kB"), Ok(64_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("-5MiB").is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units_or_seconds() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn defaults_and_environment() {
+        let config = NodeConfig::try_parse_from(["dcache-node"]).unwrap();
+        assert_eq!(config.max_memory, 512 << 20);
+        assert_eq!(config.max_key_bytes, 1024);
+        assert_eq!(config.max_value_bytes, 1 << 20);
+        assert_eq!(config.eviction_policy, EvictionPolicy::Tinylfu);
+        assert_eq!(config.partitions, 64);
+        let err = NodeConfig::try_parse_from(["dcache-node", "--max-memory", "big"]).unwrap_err();
+        assert!(err.to_string().contains("not a size"), "{err}");
+        let err =
+            NodeConfig::try_parse_from(["dcache-node", "--eviction-policy", "fifo"]).unwrap_err();
+        assert!(err.to_string().contains("tinylfu"), "{err}");
+    }
+}

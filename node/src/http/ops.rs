@@ -1,0 +1,73 @@
+//! Liveness, readiness, statistics and metrics.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{Method, Uri, header};
+use axum::response::{IntoResponse, Response};
+use dcache_protocol::wire::Stats;
+use serde_json::json;
+
+use super::{ApiError, Node};
+
+pub async fn health(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "node_id": node.node_id}))
+}
+
+pub async fn ready(State(node): State<Arc<Node>>) -> Response {
+    if node.is_ready() {
+        Json(json!({"ready": true})).into_response()
+    } else {
+        ApiError::Unavailable {
+            message: "node is shutting down".into(),
+            retry_after_secs: 1,
+        }
+        .into_response()
+    }
+}
+
+pub async fn stats(State(node): State<Arc<Node>>) -> Json<Stats> {
+    // Settle pending evictions so that keys and bytes are exact, not a moment behind.
+    node.store.run_maintenance();
+    let store = node.store.stats();
+    let reads = store.hits + store.misses;
+    Json(Stats {
+        node_id: node.node_id.clone(),
+        keys: store.keys,
+        bytes: store.bytes,
+        max_memory: node.store.config().max_memory,
+        eviction_policy: node.store.config().eviction_policy.as_str().into(),
+        hits: store.hits,
+        misses: store.misses,
+        hit_ratio: if reads == 0 {
+            0.0
+        } else {
+            store.hits as f64 / reads as f64
+        },
+        sets: store.sets,
+        deletes: store.deletes,
+        evictions: store.evictions,
+        expirations: store.expirations,
+        partitions: node.partitions,
+        // A standalone node holds and leads every partition.
+        partitions_led: node.partitions,
+        partitions_held: node.partitions,
+        uptime_seconds: node.uptime().as_secs(),
+    })
+}
+
+pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        node.metrics.render(),
+    )
+}
+
+pub async fn no_such_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+}

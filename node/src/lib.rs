@@ -1,0 +1,12 @@
+//! The dcache cache node.
+//!
+//! `lib.rs` only assembles the pieces: the [`store`] holds values within a memory budget,
+//! [`http`] serves the cache API over it, [`metrics`] exports what both do, and
+//! [`server`] runs the whole with graceful shutdown.
+
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod server;
+pub mod store;
