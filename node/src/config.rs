@@ -59,6 +59,10 @@ pub struct NodeConfig {
     #[arg(long, env = "DCACHE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Threads serving HTTP, each with its own event loop; 0 means one per core.
+    #[arg(long, env = "DCACHE_HTTP_WORKERS", default_value_t = 0)]
+    pub http_workers: usize,
+
     /// Log line format. The level comes from RUST_LOG (default: info).
     #[arg(long, env = "DCACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -1,7 +1,7 @@
 use anyhow::Context;
 use clap::Parser;
 use dcache_node::config::{LogFormat, NodeConfig};
-use dcache_node::server::{build_node, serve, shutdown_signal};
+use dcache_node::server::{ServeOptions, build_node, serve, shutdown_signal};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -32,9 +32,8 @@ async fn main() -> anyhow::Result<()> {
     serve(
         listener,
         node,
-        config.expiry_sweep_interval,
+        ServeOptions::from_config(&config),
         shutdown_signal(),
-        config.shutdown_timeout,
     )
     .await
     .context("server failed")?;

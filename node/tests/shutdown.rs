@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use dcache_node::config::NodeConfig;
-use dcache_node::server::{build_node, serve};
+use dcache_node::server::{ServeOptions, build_node, serve};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -15,15 +15,14 @@ async fn shutdown_waits_for_in_flight_requests_only_as_long_as_the_grace_period(
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let grace = Duration::from_millis(500);
-    let server = tokio::spawn(serve(
-        listener,
-        build_node(&config),
-        Duration::from_millis(100),
-        async {
-            let _ = stop_rx.await;
-        },
+    let options = ServeOptions {
+        sweep_interval: Duration::from_millis(100),
+        http_workers: 2,
         grace,
-    ));
+    };
+    let server = tokio::spawn(serve(listener, build_node(&config), options, async {
+        let _ = stop_rx.await;
+    }));
 
     // A request whose body never finishes arriving stays in flight.
     let mut stalled = TcpStream::connect(addr).await.unwrap();

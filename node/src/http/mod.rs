@@ -6,15 +6,13 @@
 mod cache;
 mod error;
 mod ops;
+mod track;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::Response;
 use axum::routing::{any, get};
 
 pub use error::ApiError;
@@ -49,7 +47,7 @@ impl Node {
         default_ttl: Option<Duration>,
         partitions: u32,
     ) -> Self {
-        let metrics = Metrics::new(store.clone(), &node_id);
+        let metrics = Metrics::new(store.clone(), &node_id, ROUTES);
         Self {
             node_id,
             store,
@@ -77,40 +75,38 @@ impl Node {
     }
 }
 
-/// The route label of requests that matched no route.
-const UNMATCHED_ROUTE: &str = "unmatched";
+const CACHE_ROUTE: &str = "/cache/{*key}";
+/// Every route, as labelled in metrics; the last stands for requests that matched none.
+const ROUTES: &[&str] = &[
+    CACHE_ROUTE,
+    "/cache",
+    "/cache/",
+    "/health",
+    "/ready",
+    "/stats",
+    "/metrics",
+    "unmatched",
+];
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route(
-            "/cache/{*key}",
+            CACHE_ROUTE,
             get(cache::get_value)
                 .put(cache::set_value)
                 .post(cache::set_value)
                 .delete(cache::delete_value),
         )
-        .route("/cache", any(cache::missing_key))
-        .route("/cache/", any(cache::missing_key))
-        .route("/health", get(ops::health))
-        .route("/ready", get(ops::ready))
-        .route("/stats", get(ops::stats))
-        .route("/metrics", get(ops::metrics))
+        .route(ROUTES[1], any(cache::missing_key))
+        .route(ROUTES[2], any(cache::missing_key))
+        .route(ROUTES[3], get(ops::health))
+        .route(ROUTES[4], get(ops::ready))
+        .route(ROUTES[5], get(ops::stats))
+        .route(ROUTES[6], get(ops::metrics))
         .fallback(ops::no_such_route)
         .method_not_allowed_fallback(ops::method_not_allowed)
-        .layer(middleware::from_fn_with_state(node.clone(), track_requests))
+        .layer(track::TrackRequestsLayer::new(node.clone()))
         .with_state(node)
-}
-
-/// Counts and times every request by route, method and status.
-async fn track_requests(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let method = request.method().clone();
-    let response = next.run(request).await;
-    let route = route.as_ref().map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
-    node.metrics
-        .observe_request(route, method.as_str(), response.status(), start.elapsed());
-    response
 }
 
 #[cfg(test)]

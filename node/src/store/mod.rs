@@ -23,7 +23,7 @@ pub use snapshot::{SnapshotError, read_snapshot, write_snapshot};
 /// access/write-order deque nodes and entry metadata, our [`Entry`], and allocator
 /// rounding. Measured with `make bench-memory` (RSS growth per entry minus payload);
 /// weighing entries by it is what keeps the process inside its budget.
-pub const ENTRY_OVERHEAD_BYTES: u64 = 200;
+pub const ENTRY_OVERHEAD_BYTES: u64 = 480;
 
 /// How a value was written, which decides how it is read back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

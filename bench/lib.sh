@@ -1,0 +1,32 @@
+# Shared pieces of the benchmark scripts. Sourced, not run.
+
+# Installs Debian packages the benchmarks need when their command is missing.
+# Usage: need_command CMD PACKAGE
+need_command() {
+  if ! command -v "$1" >/dev/null 2>&1; then
+    echo "installing $2 (for $1)..." >&2
+    if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+    $SUDO apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$2" >/dev/null
+  fi
+}
+
+# A free TCP port on 127.0.0.1.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Waits until URL answers 200, for at most 30 s.
+wait_http() {
+  for _ in $(seq 300); do
+    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "no answer from $1" >&2
+  return 1
+}
+
+# Resident set size of PID, in KiB.
+rss_kib() {
+  awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
+}
