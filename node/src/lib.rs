@@ -8,5 +8,6 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod placement;
 pub mod server;
 pub mod store;
