@@ -226,74 +226,47 @@ async fn missing_keys_are_404_and_delete_says_whether_it_existed() {
 async fn bad_requests_are_refused_and_change_nothing() {
     let node = node();
     put_json(&node, "/cache/k", json!({"value": "original"})).await;
+    let json_put = |body: &str| {
+        request(
+            Method::PUT,
+            "/cache/k",
+            Some("application/json"),
+            body.to_owned(),
+        )
+    };
     let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
         (
-            request(
-                Method::PUT,
-                "/cache/k",
-                Some("application/json"),
-                "{not json",
-            ),
+            json_put("{not json"),
             StatusCode::BAD_REQUEST,
             "invalid JSON",
         ),
         (
-            request(
-                Method::PUT,
-                "/cache/k",
-                Some("application/json"),
-                r#"{"ttl": 5}"#,
-            ),
+            json_put(r#"{"ttl": 5}"#),
             StatusCode::BAD_REQUEST,
             "missing field `value`",
         ),
         (
-            request(
-                Method::PUT,
-                "/cache/k",
-                Some("application/json"),
-                r#"{"value": 1, "tll": 5}"#,
-            ),
+            json_put(r#"{"value": 1, "tll": 5}"#),
             StatusCode::BAD_REQUEST,
             "unknown field `tll`",
         ),
         (
-            request(
-                Method::PUT,
-                "/cache/k",
-                Some("application/json"),
-                r#"{"value": 1, "ttl": -1}"#,
-            ),
+            json_put(r#"{"value": 1, "ttl": -1}"#),
             StatusCode::BAD_REQUEST,
             "positive",
         ),
         (
-            request(
-                Method::PUT,
-                "/cache/k",
-                Some("application/json"),
-                r#"{"value": 1, "ttl": 0}"#,
-            ),
+            json_put(r#"{"value": 1, "ttl": 0}"#),
             StatusCode::BAD_REQUEST,
             "positive",
         ),
         (
-            request(
-                Method::PUT,
-                "/cache/k",
-                Some("application/json"),
-                r#"{"value": 1, "ttl": "5"}"#,
-            ),
+            json_put(r#"{"value": 1, "ttl": "5"}"#),
             StatusCode::BAD_REQUEST,
             "invalid type",
         ),
         (
-            request(
-                Method::PUT,
-                "/cache/k",
-                Some("application/json"),
-                r#"{"value": 1, "ttl": 1e300}"#,
-            ),
+            json_put(r#"{"value": 1, "ttl": 1e300}"#),
             StatusCode::BAD_REQUEST,
             "maximum",
         ),
