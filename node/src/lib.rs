@@ -9,5 +9,6 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod placement;
+pub mod raft;
 pub mod server;
 pub mod store;

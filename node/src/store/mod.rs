@@ -26,7 +26,7 @@ pub use snapshot::{SnapshotError, read_snapshot, write_snapshot};
 pub const ENTRY_OVERHEAD_BYTES: u64 = 480;
 
 /// How a value was written, which decides how it is read back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[repr(u8)]
 pub enum ValueKind {
     /// A JSON document, stored as its text.

@@ -1,0 +1,76 @@
+//! The cluster's metadata, replicated by the cluster group: who the members are, where
+//! they are reached, and the parameters of the ring.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{MemberNode, NodeId};
+use crate::placement::Placement;
+
+/// One member: its stable name and its current Raft incarnation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub raft_id: NodeId,
+    pub node: MemberNode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub cluster_id: String,
+    pub partitions: u32,
+    pub replication: usize,
+    pub vnodes: u32,
+    /// Members by name.
+    pub members: BTreeMap<String, Member>,
+    /// Bumped by every change of membership.
+    pub epoch: u64,
+}
+
+/// Changes to the cluster state, as replicated commands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterCommand {
+    /// Sets the initial state; ignored once the cluster has one.
+    Init(ClusterState),
+}
+
+impl fmt::Display for ClusterCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Init(state) => write!(
+                f,
+                "init {} with {} members",
+                state.cluster_id,
+                state.members.len()
+            ),
+        }
+    }
+}
+
+impl ClusterState {
+    /// Where every partition should live.
+    pub fn placement(&self) -> Placement {
+        let names: Vec<&String> = self.members.keys().collect();
+        Placement::compute(&names, self.partitions, self.replication, self.vnodes)
+    }
+
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.get(name)
+    }
+
+    pub fn member_by_raft_id(&self, raft_id: NodeId) -> Option<&Member> {
+        self.members.values().find(|m| m.raft_id == raft_id)
+    }
+
+    /// Applies `command` to the state `current` (None before init).
+    pub fn apply(current: &mut Option<ClusterState>, command: &ClusterCommand) {
+        match command {
+            ClusterCommand::Init(state) => {
+                if current.is_none() {
+                    *current = Some(state.clone());
+                }
+            }
+        }
+    }
+}

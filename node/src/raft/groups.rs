@@ -1,0 +1,195 @@
+//! The Raft groups this node hosts, created on demand: when the cluster is initialised
+//! or when a peer first replicates a group to this node.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft_multi::GroupNetworkFactory;
+use tracing::info;
+
+use super::log_store::MemLogStore;
+use super::state_machine::{GroupStateMachine, Target};
+use super::transport::Transport;
+use super::{
+    CLUSTER_GROUP, ClusterState, Command, CommandResult, GroupId, GroupRaft, MemberNode, NodeId,
+    TypeConfig, group_partition,
+};
+use crate::store::Store;
+
+/// Why a write could not be applied here.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteRefused {
+    /// This node does not host the group.
+    NotHosted,
+    /// Another node leads the group (if known).
+    NotLeader(Option<MemberNode>),
+    /// The group cannot take writes right now.
+    Unavailable(String),
+}
+
+pub struct Groups {
+    pub id: NodeId,
+    pub me: MemberNode,
+    pub transport: Transport,
+    pub partitions: u32,
+    config: Arc<openraft::Config>,
+    store: Store,
+    cluster: Arc<RwLock<Option<ClusterState>>>,
+    groups: RwLock<HashMap<GroupId, GroupRaft>>,
+    creating: tokio::sync::Mutex<()>,
+}
+
+impl Groups {
+    pub fn new(
+        id: NodeId,
+        me: MemberNode,
+        config: Arc<openraft::Config>,
+        transport: Transport,
+        store: Store,
+        partitions: u32,
+    ) -> Self {
+        Self {
+            id,
+            me,
+            transport,
+            partitions,
+            config,
+            store,
+            cluster: Arc::default(),
+            groups: RwLock::default(),
+            creating: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn get(&self, group: GroupId) -> Option<GroupRaft> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+            .cloned()
+    }
+
+    /// Every hosted group, by id.
+    pub fn all(&self) -> BTreeMap<GroupId, GroupRaft> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, raft)| (*id, raft.clone()))
+            .collect()
+    }
+
+    pub fn cluster_state(&self) -> Option<ClusterState> {
+        self.cluster
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The group's Raft, created empty (to be initialised or replicated to) if absent.
+    pub async fn get_or_create(&self, group: GroupId) -> Result<GroupRaft, String> {
+        if let Some(raft) = self.get(group) {
+            return Ok(raft);
+        }
+        if group > self.partitions {
+            return Err(format!(
+                "no group {group}: this node has {} partitions",
+                self.partitions
+            ));
+        }
+        let _creating = self.creating.lock().await;
+        if let Some(raft) = self.get(group) {
+            return Ok(raft);
+        }
+        let target = match group_partition(group) {
+            None => Target::Cluster(self.cluster.clone()),
+            Some(partition) => Target::Partition {
+                partition,
+                partitions: self.partitions,
+                store: self.store.clone(),
+            },
+        };
+        let raft = GroupRaft::new(
+            self.id,
+            self.config.clone(),
+            GroupNetworkFactory::new(self.transport.clone(), group),
+            MemLogStore::default(),
+            GroupStateMachine::new(target),
+        )
+        .await
+        .map_err(|e| format!("cannot start group {group}: {e}"))?;
+        info!(group, "raft group started");
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group, raft.clone());
+        Ok(raft)
+    }
+
+    /// Proposes `command` to `group` if this node leads it.
+    pub async fn write(
+        &self,
+        group: GroupId,
+        command: Command,
+    ) -> Result<CommandResult, WriteRefused> {
+        let raft = self.get(group).ok_or(WriteRefused::NotHosted)?;
+        match raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
+            Err(error) => Err(refusal(error)),
+        }
+    }
+
+    /// Waits until a read on this node reflects every write committed before the call
+    /// (read-index), if this node leads `group`.
+    pub async fn linearize(&self, group: GroupId) -> Result<(), WriteRefused> {
+        let raft = self.get(group).ok_or(WriteRefused::NotHosted)?;
+        match raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) => match error.forward_to_leader() {
+                Some(forward) => Err(WriteRefused::NotLeader(forward.leader_node.clone())),
+                None => Err(WriteRefused::Unavailable(error.to_string())),
+            },
+        }
+    }
+
+    /// The node that leads `group`, as far as this node knows.
+    pub fn leader_of(&self, group: GroupId) -> Option<(NodeId, MemberNode)> {
+        let raft = self.get(group)?;
+        let metrics = raft.metrics().borrow_watched().clone();
+        let leader = metrics.current_leader?;
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .clone();
+        Some((leader, node))
+    }
+
+    pub async fn shutdown(&self) {
+        for (group, raft) in self.all() {
+            if let Err(e) = raft.shutdown().await {
+                tracing::warn!(group, error = %e, "raft group did not shut down cleanly");
+            }
+        }
+    }
+
+    pub fn is_cluster_group(group: GroupId) -> bool {
+        group == CLUSTER_GROUP
+    }
+}
+
+fn refusal(error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> WriteRefused {
+    if let Some(forward) = error.forward_to_leader() {
+        // A fresh leader refuses until a quorum acknowledged it: no leader to name yet.
+        return match &forward.leader_node {
+            Some(node) => WriteRefused::NotLeader(Some(node.clone())),
+            None => WriteRefused::Unavailable("the partition is electing a leader".into()),
+        };
+    }
+    WriteRefused::Unavailable(error.to_string())
+}

@@ -1,0 +1,125 @@
+//! The server side of Raft RPC: decodes each message and hands it to its group.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use openraft::storage::Snapshot;
+use openraft::type_config::alias::{SnapshotMetaOf, VoteOf};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::groups::{Groups, WriteRefused};
+use super::transport::op;
+use super::{Command, CommandResult, GroupId, MemberNode, NodeId, SnapshotData, TypeConfig};
+
+/// Who answers on this Raft endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub raft_id: NodeId,
+    pub node: MemberNode,
+}
+
+/// The answer to an internal write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum WriteOutcome {
+    Applied(CommandResult),
+    NotLeader(Option<MemberNode>),
+}
+
+pub fn router(groups: Arc<Groups>) -> Router {
+    Router::new()
+        .route("/raft/identity", get(identity))
+        .route("/raft/{group}/{operation}", post(dispatch))
+        .with_state(groups)
+}
+
+async fn identity(State(groups): State<Arc<Groups>>) -> axum::Json<Identity> {
+    axum::Json(Identity {
+        raft_id: groups.id,
+        node: groups.me.clone(),
+    })
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(body).map_err(|e| format!("undecodable request: {e}"))
+}
+
+fn answer<T: Serialize>(result: Result<T, String>) -> Response {
+    match postcard::to_stdvec(&result) {
+        Ok(bytes) => bytes.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn dispatch(
+    State(groups): State<Arc<Groups>>,
+    Path((group, operation)): Path<(GroupId, String)>,
+    body: Bytes,
+) -> Response {
+    if groups.transport.is_isolated() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "isolated by fault injection",
+        )
+            .into_response();
+    }
+    let raft = match groups.get_or_create(group).await {
+        Ok(raft) => raft,
+        Err(e) => return (StatusCode::NOT_FOUND, e).into_response(),
+    };
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+    match operation.as_str() {
+        op::APPEND => answer(match decode(&body) {
+            Ok(rpc) => raft.append_entries(rpc).await.map_err(|e| text(&e)),
+            Err(e) => Err(e),
+        }),
+        op::VOTE => answer(match decode(&body) {
+            Ok(rpc) => raft.vote(rpc).await.map_err(|e| text(&e)),
+            Err(e) => Err(e),
+        }),
+        op::PRE_VOTE => answer(match decode(&body) {
+            Ok(rpc) => raft.pre_vote(rpc).await.map_err(|e| text(&e)),
+            Err(e) => Err(e),
+        }),
+        op::SNAPSHOT => answer(
+            match decode::<(VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>, SnapshotData)>(&body) {
+                Ok((vote, meta, snapshot)) => raft
+                    .install_full_snapshot(vote, Snapshot { meta, snapshot })
+                    .await
+                    .map_err(|e| text(&e)),
+                Err(e) => Err(e),
+            },
+        ),
+        op::TRANSFER_LEADER => answer(match decode(&body) {
+            Ok(rpc) => raft.handle_transfer_leader(rpc).await.map_err(|e| text(&e)),
+            Err(e) => Err(e),
+        }),
+        op::INITIALIZE => answer(match decode::<BTreeMap<NodeId, MemberNode>>(&body) {
+            Ok(members) => match raft.is_initialized().await {
+                Ok(true) => Ok(()),
+                _ => raft.initialize(members).await.map_err(|e| text(&e)),
+            },
+            Err(e) => Err(e),
+        }),
+        op::WRITE => answer(match decode::<Command>(&body) {
+            Ok(command) => match groups.write(group, command).await {
+                Ok(result) => Ok(WriteOutcome::Applied(result)),
+                Err(WriteRefused::NotLeader(leader)) => Ok(WriteOutcome::NotLeader(leader)),
+                Err(WriteRefused::NotHosted) => Ok(WriteOutcome::NotLeader(None)),
+                Err(WriteRefused::Unavailable(e)) => Err(e),
+            },
+            Err(e) => Err(e),
+        }),
+        other => (
+            StatusCode::NOT_FOUND,
+            format!("no Raft operation {other:?}"),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,219 @@
+//! Applies committed commands: a partition group's to the node's store, the cluster
+//! group's to the cluster state.
+//!
+//! Snapshots of a partition are taken while writes keep being applied, so one may hold
+//! values newer than its `last_log_id`. That is safe here: every command is a blind
+//! set or delete of one key with an absolute expiry, so replaying the entries after the
+//! snapshot's index, in order, ends in exactly the leader's state.
+
+use std::io;
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures_util::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
+use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StoredMembership};
+
+use super::{ClusterState, Command, CommandResult, SnapshotData, TypeConfig};
+use crate::store::{Entry, Store};
+
+/// What a group's state machine applies to.
+#[derive(Clone)]
+pub enum Target {
+    Cluster(Arc<RwLock<Option<ClusterState>>>),
+    Partition {
+        partition: dcache_protocol::PartitionId,
+        partitions: u32,
+        store: Store,
+    },
+}
+
+#[derive(Default)]
+struct Applied {
+    last_applied: Option<LogIdOf<TypeConfig>>,
+    membership: StoredMembershipOf<TypeConfig>,
+    snapshot: Option<SnapshotOf<TypeConfig, SnapshotData>>,
+}
+
+/// The state machine of one group. Clones share their state.
+#[derive(Clone)]
+pub struct GroupStateMachine {
+    target: Target,
+    applied: Arc<Mutex<Applied>>,
+}
+
+impl GroupStateMachine {
+    pub fn new(target: Target) -> Self {
+        Self {
+            target,
+            applied: Arc::default(),
+        }
+    }
+
+    fn applied(&self) -> std::sync::MutexGuard<'_, Applied> {
+        self.applied
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn apply_command(&self, command: &Command) -> CommandResult {
+        match (&self.target, command) {
+            (
+                Target::Partition { store, .. },
+                Command::Set {
+                    key,
+                    kind,
+                    data,
+                    expires_at,
+                },
+            ) => {
+                store.set(
+                    key.clone(),
+                    Entry {
+                        kind: *kind,
+                        data: data.clone(),
+                        expires_at: *expires_at,
+                    },
+                );
+                CommandResult::default()
+            }
+            (Target::Partition { store, .. }, Command::Delete { key }) => CommandResult {
+                existed: store.delete(key),
+            },
+            (Target::Cluster(state), Command::Cluster(command)) => {
+                let mut state = state.write().unwrap_or_else(|p| p.into_inner());
+                ClusterState::apply(&mut state, command);
+                CommandResult::default()
+            }
+            // Only this node's own code proposes commands, always to the right group; a
+            // mismatch is a bug, not input, and applying nothing keeps replicas in step.
+            (_, command) => {
+                tracing::error!(%command, "command proposed to the wrong kind of group; ignored");
+                CommandResult::default()
+            }
+        }
+    }
+
+    fn snapshot_bytes(&self) -> io::Result<SnapshotData> {
+        match &self.target {
+            Target::Partition {
+                partition,
+                partitions,
+                store,
+            } => {
+                let mut out = Vec::new();
+                store.snapshot_partition(*partition, *partitions, &mut out)?;
+                Ok(out)
+            }
+            Target::Cluster(state) => {
+                let state = state.read().unwrap_or_else(|p| p.into_inner());
+                serde_json::to_vec(&*state).map_err(io::Error::other)
+            }
+        }
+    }
+
+    fn restore(&self, data: &[u8]) -> io::Result<()> {
+        match &self.target {
+            Target::Partition {
+                partition,
+                partitions,
+                store,
+            } => store
+                .restore_partition(*partition, *partitions, data)
+                .map(drop)
+                .map_err(io::Error::other),
+            Target::Cluster(state) => {
+                let restored: Option<ClusterState> =
+                    serde_json::from_slice(data).map_err(io::Error::other)?;
+                *state.write().unwrap_or_else(|p| p.into_inner()) = restored;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
+        // The log position is read before the data, so the data is at least that new.
+        let meta = {
+            let applied = self.applied();
+            SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership.clone(),
+            }
+        };
+        let machine = self.clone();
+        let data = tokio::task::spawn_blocking(move || machine.snapshot_bytes())
+            .await
+            .map_err(io::Error::other)??;
+        let snapshot = Snapshot {
+            meta,
+            snapshot: data,
+        };
+        self.applied().snapshot = Some(snapshot.clone());
+        Ok(snapshot)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for GroupStateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
+        let applied = self.applied();
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<Entries>(&mut self, mut entries: Entries) -> Result<(), io::Error>
+    where
+        Entries:
+            Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let result = match &entry.payload {
+                EntryPayload::Blank => CommandResult::default(),
+                EntryPayload::Normal(command) => self.apply_command(command),
+                EntryPayload::Membership(membership) => {
+                    self.applied().membership =
+                        StoredMembership::new(Some(entry.log_id), membership.clone());
+                    CommandResult::default()
+                }
+            };
+            self.applied().last_applied = Some(entry.log_id);
+            if let Some(responder) = responder {
+                responder.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        self.restore(&snapshot)?;
+        let mut applied = self.applied();
+        applied.last_applied = meta.last_log_id;
+        applied.membership = meta.last_membership.clone();
+        applied.snapshot = Some(Snapshot {
+            meta: meta.clone(),
+            snapshot,
+        });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
+        Ok(self.applied().snapshot.clone())
+    }
+}

@@ -1,0 +1,273 @@
+//! The client side of Raft RPC: every group's messages to a peer go over one pooled
+//! HTTP client, so two nodes share a few long-lived connections whatever the number of
+//! groups between them.
+//!
+//! Wire format: `POST http://{raft_addr}/raft/{group}/{operation}` with a postcard body;
+//! the answer is a postcard `Result<Response, String>`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::OptionalSend;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::type_config::alias::{SnapshotOf, VoteOf};
+use openraft_multi::{GroupNetworkAdapter, GroupNetworkFactory, GroupRouter};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{GroupId, MemberNode, NodeId, SnapshotData, TypeConfig};
+
+/// Raft RPC operations, as they appear in the URL.
+pub mod op {
+    pub const APPEND: &str = "append";
+    pub const VOTE: &str = "vote";
+    pub const PRE_VOTE: &str = "pre-vote";
+    pub const SNAPSHOT: &str = "snapshot";
+    pub const TRANSFER_LEADER: &str = "transfer-leader";
+    pub const INITIALIZE: &str = "initialize";
+    pub const WRITE: &str = "write";
+}
+
+/// Why a transport call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("{0} is unreachable: {1}")]
+    Unreachable(String, String),
+    #[error("call to {0} failed: {1}")]
+    Failed(String, String),
+    #[error("{0} refused: {1}")]
+    Refused(String, String),
+}
+
+/// One HTTP client for all Raft traffic of this node, and where each peer is.
+#[derive(Clone)]
+pub struct Transport {
+    client: reqwest::Client,
+    addresses: Arc<RwLock<HashMap<NodeId, String>>>,
+    /// Fault injection: an isolated node neither sends nor accepts Raft traffic.
+    isolated: Arc<AtomicBool>,
+}
+
+impl Transport {
+    pub fn new() -> Self {
+        let client = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(32)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .expect("an HTTP client without TLS always builds");
+        Self {
+            client,
+            addresses: Arc::default(),
+            isolated: Arc::default(),
+        }
+    }
+
+    pub fn http_client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub fn learn(&self, id: NodeId, raft_addr: &str) {
+        let known = self
+            .addresses
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        if known.as_deref() != Some(raft_addr) {
+            self.addresses
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, raft_addr.to_owned());
+        }
+    }
+
+    fn address(&self, id: NodeId) -> Result<String, CallError> {
+        self.addresses
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| CallError::Unreachable(format!("node {id}"), "address unknown".into()))
+    }
+
+    pub fn set_isolated(&self, isolated: bool) {
+        self.isolated.store(isolated, Ordering::Relaxed);
+    }
+
+    pub fn is_isolated(&self) -> bool {
+        self.isolated.load(Ordering::Relaxed)
+    }
+
+    /// Sends one RPC to the Raft endpoint at `addr`.
+    pub async fn call<Req, Resp>(
+        &self,
+        addr: &str,
+        group: GroupId,
+        operation: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        if self.is_isolated() {
+            return Err(CallError::Unreachable(
+                addr.into(),
+                "isolated by fault injection".into(),
+            ));
+        }
+        let body = postcard::to_stdvec(request)
+            .map_err(|e| CallError::Failed(addr.into(), e.to_string()))?;
+        let response = self
+            .client
+            .post(format!("http://{addr}/raft/{group}/{operation}"))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    CallError::Unreachable(addr.into(), e.to_string())
+                } else {
+                    CallError::Failed(addr.into(), e.to_string())
+                }
+            })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| CallError::Failed(addr.into(), e.to_string()))?;
+        if !status.is_success() {
+            return Err(CallError::Refused(
+                addr.into(),
+                format!("{status}: {}", String::from_utf8_lossy(&bytes)),
+            ));
+        }
+        let answer: Result<Resp, String> = postcard::from_bytes(&bytes)
+            .map_err(|e| CallError::Failed(addr.into(), format!("undecodable answer: {e}")))?;
+        answer.map_err(|e| CallError::Refused(addr.into(), e))
+    }
+
+    async fn raft_call<Req, Resp>(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        operation: &str,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        let addr = self.address(target).map_err(to_rpc_error)?;
+        self.call(&addr, group, operation, request, option.soft_ttl())
+            .await
+            .map_err(to_rpc_error)
+    }
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn to_rpc_error(error: CallError) -> RPCError<TypeConfig> {
+    match error {
+        // Unreachable makes openraft back off instead of retrying at once.
+        CallError::Unreachable(..) => {
+            RPCError::Unreachable(Unreachable::from_string(error.to_string()))
+        }
+        other => RPCError::Network(NetworkError::from_string(other.to_string())),
+    }
+}
+
+impl GroupRouter<TypeConfig, GroupId> for Transport {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &self,
+        target: NodeId,
+        group_id: GroupId,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.raft_call(target, group_id, op::APPEND, &rpc, &option)
+            .await
+    }
+
+    async fn vote(
+        &self,
+        target: NodeId,
+        group_id: GroupId,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.raft_call(target, group_id, op::VOTE, &rpc, &option)
+            .await
+    }
+
+    async fn pre_vote(
+        &self,
+        target: NodeId,
+        group_id: GroupId,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.raft_call(target, group_id, op::PRE_VOTE, &rpc, &option)
+            .await
+    }
+
+    async fn full_snapshot(
+        &self,
+        target: NodeId,
+        group_id: GroupId,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let request = (vote, snapshot.meta, snapshot.snapshot);
+        let send = self.raft_call(target, group_id, op::SNAPSHOT, &request, &option);
+        tokio::select! {
+            result = send => result.map_err(|e| match e {
+                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                RPCError::Network(n) => StreamingError::Network(n),
+                other => StreamingError::Network(NetworkError::from_string(other.to_string())),
+            }),
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
+    }
+
+    async fn transfer_leader(
+        &self,
+        target: NodeId,
+        group_id: GroupId,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.raft_call(target, group_id, op::TRANSFER_LEADER, &req, &option)
+            .await
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory<Transport, GroupId> {
+    type Network = GroupNetworkAdapter<TypeConfig, GroupId, Transport>;
+
+    async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> Self::Network {
+        self.factory.learn(target, &node.raft_addr);
+        GroupNetworkAdapter::new(self.factory.clone(), target, self.group_id)
+    }
+}
