@@ -20,7 +20,44 @@ pub struct NodeConfig {
     #[arg(long, env = "DCACHE_LISTEN", default_value = "0.0.0.0:7000")]
     pub listen: SocketAddr,
 
-    /// This node's name in logs, /stats and metrics. Defaults to the listen address.
+    /// Address the Raft RPC endpoint listens on. Setting it makes this node a cluster
+    /// member (formed with POST /cluster/init); without it the node runs standalone.
+    #[arg(long, env = "DCACHE_RAFT_LISTEN")]
+    pub raft_listen: Option<SocketAddr>,
+
+    /// `host:port` other nodes and clients use to reach this node's API. Defaults to
+    /// the bound listen address.
+    #[arg(long, env = "DCACHE_ADVERTISE_API")]
+    pub advertise_api: Option<String>,
+
+    /// `host:port` other nodes use to reach this node's Raft endpoint. Defaults to the
+    /// bound Raft listen address.
+    #[arg(long, env = "DCACHE_ADVERTISE_RAFT")]
+    pub advertise_raft: Option<String>,
+
+    /// Replicas per partition when this node initialises a cluster (capped by the
+    /// member count).
+    #[arg(long, env = "DCACHE_REPLICATION", default_value_t = 3,
+          value_parser = clap::value_parser!(u8).range(1..=7))]
+    pub replication: u8,
+
+    /// Points per member on the consistent-hash ring when this node initialises a
+    /// cluster.
+    #[arg(long, env = "DCACHE_VNODES", default_value_t = crate::placement::DEFAULT_VNODES,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub vnodes: u32,
+
+    /// How often a Raft leader heartbeats its followers.
+    #[arg(long, env = "DCACHE_RAFT_HEARTBEAT", default_value = "150ms", value_parser = parse_duration)]
+    pub raft_heartbeat: Duration,
+
+    /// Shortest time without a leader before a follower stands for election (the
+    /// longest is twice this).
+    #[arg(long, env = "DCACHE_RAFT_ELECTION_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub raft_election_timeout: Duration,
+
+    /// This node's stable member name: its place on the ring, in logs, /stats and
+    /// metrics. Defaults to the listen address.
     #[arg(long, env = "DCACHE_NODE_ID")]
     pub node_id: Option<String>,
 

@@ -5,6 +5,7 @@
 //! [`server`] runs the whole with graceful shutdown.
 
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod metrics;

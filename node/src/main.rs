@@ -21,16 +21,28 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let node = build_node(&config);
+    let raft_listener = match config.raft_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for Raft on {addr}"))?,
+        ),
+        None => None,
+    };
+    let api_addr = listener.local_addr()?;
+    let raft_addr = raft_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let node = build_node(&config, api_addr, raft_addr)?;
     info!(
         node_id = %node.node_id,
-        listen = %listener.local_addr()?,
+        listen = %api_addr,
+        raft = %raft_addr.map_or_else(|| "standalone".to_owned(), |a| a.to_string()),
         max_memory = config.max_memory,
         eviction_policy = config.eviction_policy.as_str(),
         "dcache-node serving"
     );
     serve(
         listener,
+        raft_listener,
         node,
         ServeOptions::from_config(&config),
         shutdown_signal(),

@@ -8,7 +8,10 @@
 //! (see `make bench-node`).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+
+use anyhow::Context;
 use std::time::Duration;
 
 use axum::Router;
@@ -19,12 +22,21 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use crate::cluster::{Cluster, RingSettings};
 use crate::config::NodeConfig;
 use crate::http::{Limits, Node, router};
+use crate::raft::groups::Groups;
+use crate::raft::transport::Transport;
+use crate::raft::{self, MemberNode, NodeId};
 use crate::store::{Store, StoreConfig};
 
-/// Builds a node from its configuration.
-pub fn build_node(config: &NodeConfig) -> Arc<Node> {
+/// Builds a node from its configuration, given where its listeners are bound (the API
+/// and, for a cluster member, Raft).
+pub fn build_node(
+    config: &NodeConfig,
+    api_addr: SocketAddr,
+    raft_addr: Option<SocketAddr>,
+) -> anyhow::Result<Arc<Node>> {
     let store = Store::new(
         StoreConfig {
             max_memory: config.max_memory,
@@ -32,16 +44,60 @@ pub fn build_node(config: &NodeConfig) -> Arc<Node> {
         },
         crate::clock::Clock::new(),
     );
-    Arc::new(Node::new(
+    let node = Node::new(
         config.node_id(),
-        store,
+        store.clone(),
         Limits {
             max_key_bytes: config.max_key_bytes as usize,
             max_value_bytes: config.max_value_bytes as usize,
         },
         config.default_ttl,
         config.partitions,
-    ))
+    );
+    let Some(raft_addr) = raft_addr else {
+        return Ok(Arc::new(node));
+    };
+    let me = MemberNode {
+        name: config.node_id(),
+        api_addr: config
+            .advertise_api
+            .clone()
+            .unwrap_or_else(|| api_addr.to_string()),
+        raft_addr: config
+            .advertise_raft
+            .clone()
+            .unwrap_or_else(|| raft_addr.to_string()),
+    };
+    let heartbeat = config.raft_heartbeat.as_millis() as u64;
+    let election = config.raft_election_timeout.as_millis() as u64;
+    let raft_config = openraft::Config {
+        cluster_name: "dcache".into(),
+        heartbeat_interval: heartbeat,
+        election_timeout_min: election,
+        election_timeout_max: election * 2,
+        ..Default::default()
+    }
+    .validate()
+    .context("invalid Raft timing: the election timeout must exceed the heartbeat")?;
+    // A fresh Raft identity every start: memory-only state never survives a restart,
+    // so the node must never vote under an identity it may have voted with before.
+    let raft_id: NodeId = rand::random::<u64>().max(1);
+    let groups = Arc::new(Groups::new(
+        raft_id,
+        me,
+        Arc::new(raft_config),
+        Transport::new(),
+        store,
+        config.partitions,
+    ));
+    let cluster = Cluster::new(
+        groups,
+        RingSettings {
+            replication: usize::from(config.replication),
+            vnodes: config.vnodes,
+        },
+    );
+    Ok(Arc::new(node.with_cluster(Arc::new(cluster))))
 }
 
 /// How a node serves: its sweep interval, HTTP worker threads and shutdown grace.
@@ -70,11 +126,26 @@ impl ServeOptions {
 /// Taking a bound listener lets tests bind `127.0.0.1:0` and learn the port first.
 pub async fn serve(
     listener: TcpListener,
+    raft_listener: Option<TcpListener>,
     node: Arc<Node>,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stop = CancellationToken::new();
+    let raft_server = match (raft_listener, &node.cluster) {
+        (Some(raft_listener), Some(cluster)) => {
+            let app = raft::rpc::router(cluster.groups.clone());
+            let stopped = stop.clone();
+            Some(tokio::spawn(async move {
+                let server = axum::serve(raft_listener, app)
+                    .with_graceful_shutdown(async move { stopped.cancelled().await });
+                if let Err(e) = server.await {
+                    error!(error = %e, "Raft endpoint failed");
+                }
+            }))
+        }
+        _ => None,
+    };
     let maintenance = tokio::spawn(run_maintenance(
         node.clone(),
         options.sweep_interval,
@@ -102,6 +173,12 @@ pub async fn serve(
     }
     let _ = maintenance.await;
     let _ = acceptor.await;
+    if let Some(cluster) = &node.cluster {
+        cluster.groups.shutdown().await;
+    }
+    if let Some(raft_server) = raft_server {
+        let _ = tokio::time::timeout(options.grace, raft_server).await;
+    }
     // Worker threads whose connections outlived the grace period are not joined: they
     // end with the process.
     Ok(())

@@ -20,7 +20,8 @@ async fn shutdown_waits_for_in_flight_requests_only_as_long_as_the_grace_period(
         http_workers: 2,
         grace,
     };
-    let server = tokio::spawn(serve(listener, build_node(&config), options, async {
+    let node = build_node(&config, addr, None).unwrap();
+    let server = tokio::spawn(serve(listener, None, node, options, async {
         let _ = stop_rx.await;
     }));
 

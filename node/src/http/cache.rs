@@ -6,13 +6,19 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use dcache_protocol::wire::{CacheQuery, DeleteResponse, SetRequest, SetResponse, validate_ttl};
+use dcache_protocol::partition_of;
+use dcache_protocol::wire::{
+    CacheQuery, Consistency, DeleteResponse, SetRequest, SetResponse, validate_ttl,
+};
 use percent_encoding::percent_decode_str;
 
+use super::forward::{forward, unavailable};
 use super::{ApiError, Limits, Node};
 use crate::clock::UnixMillis;
+use crate::cluster::Route;
+use crate::raft::Command;
 use crate::store::{Entry, ValueKind};
 
 /// Header carrying the remaining TTL (whole seconds) of a raw-bytes value.
@@ -25,12 +31,22 @@ const JSON_ENVELOPE_SLACK: usize = 64 * 1024;
 pub async fn get_value(
     State(node): State<Arc<Node>>,
     uri: Uri,
+    headers: HeaderMap,
     query: Result<Query<CacheQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let key = cache_key(&uri, &node.limits)?;
-    // Consistency is checked even though a standalone node is always linearizable, so
-    // that a bad value is refused the same way everywhere.
-    let _query = parse_query(query)?;
+    let query = parse_query(query)?;
+    if let Some(cluster) = &node.cluster {
+        let partition = partition_of(&key, node.partitions);
+        let linearizable = query.consistency == Consistency::Linearizable;
+        match cluster.read(partition, linearizable).await {
+            Route::Here(()) => {}
+            Route::Forward(addr) => {
+                return forward(&node, &addr, Method::GET, &uri, &headers, Bytes::new()).await;
+            }
+            Route::Unavailable(why) => return Err(unavailable(why)),
+        }
+    }
     let Some(entry) = node.store.get(&key) else {
         return Err(not_found(&key));
     };
@@ -60,13 +76,16 @@ pub async fn set_value(
 ) -> Result<Response, ApiError> {
     let key = cache_key(&uri, &node.limits)?;
     let query = parse_query(query)?;
-    let kind = body_kind(request.headers())?;
+    let headers = request.headers().clone();
+    let method = request.method().clone();
+    let kind = body_kind(&headers)?;
     let max_value = node.limits.max_value_bytes;
     let body_limit = match kind {
         ValueKind::Json => max_value + JSON_ENVELOPE_SLACK,
         ValueKind::Bytes => max_value,
     };
     let body = read_body(request, body_limit, max_value).await?;
+    let original_body = body.clone();
     let (data, ttl_seconds) = match kind {
         ValueKind::Json => {
             let set: SetRequest<'_> = serde_json::from_slice(&body)
@@ -95,7 +114,28 @@ pub async fn set_value(
         expires_at: ttl.map(|ttl| clock.after(ttl)),
     };
     let ttl_left = remaining_seconds(&entry, clock.now_ms());
-    node.store.set(Bytes::copy_from_slice(&key), entry);
+    let key_bytes = Bytes::copy_from_slice(&key);
+    match &node.cluster {
+        None => node.store.set(key_bytes, entry),
+        Some(cluster) => {
+            let command = Command::Set {
+                key: key_bytes,
+                kind: entry.kind,
+                data: entry.data,
+                expires_at: entry.expires_at,
+            };
+            match cluster
+                .write(partition_of(&key, node.partitions), command)
+                .await
+            {
+                Route::Here(_) => {}
+                Route::Forward(addr) => {
+                    return forward(&node, &addr, method, &uri, &headers, original_body).await;
+                }
+                Route::Unavailable(why) => return Err(unavailable(why)),
+            }
+        }
+    }
     Ok(axum::Json(SetResponse {
         key: String::from_utf8_lossy(&key).into_owned(),
         stored: true,
@@ -107,13 +147,33 @@ pub async fn set_value(
 pub async fn delete_value(
     State(node): State<Arc<Node>>,
     uri: Uri,
-) -> Result<axum::Json<DeleteResponse>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let key = cache_key(&uri, &node.limits)?;
-    let deleted = node.store.delete(&key);
+    let deleted = match &node.cluster {
+        None => node.store.delete(&key),
+        Some(cluster) => {
+            let command = Command::Delete {
+                key: Bytes::copy_from_slice(&key),
+            };
+            match cluster
+                .write(partition_of(&key, node.partitions), command)
+                .await
+            {
+                Route::Here(result) => result.existed,
+                Route::Forward(addr) => {
+                    return forward(&node, &addr, Method::DELETE, &uri, &headers, Bytes::new())
+                        .await;
+                }
+                Route::Unavailable(why) => return Err(unavailable(why)),
+            }
+        }
+    };
     Ok(axum::Json(DeleteResponse {
         key: String::from_utf8_lossy(&key).into_owned(),
         deleted,
-    }))
+    })
+    .into_response())
 }
 
 pub async fn missing_key() -> ApiError {

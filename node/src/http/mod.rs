@@ -3,8 +3,10 @@
 //! [`router`] builds the whole API over a [`Node`]; tests drive it with `oneshot`
 //! without a socket.
 
+mod admin;
 mod cache;
 mod error;
+mod forward;
 mod ops;
 mod track;
 
@@ -17,6 +19,7 @@ use axum::routing::{any, get};
 
 pub use error::ApiError;
 
+use crate::cluster::Cluster;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -35,6 +38,8 @@ pub struct Node {
     pub limits: Limits,
     pub default_ttl: Option<Duration>,
     pub partitions: u32,
+    /// The cluster this node is a member of; `None` for a standalone node.
+    pub cluster: Option<Arc<Cluster>>,
     ready: AtomicBool,
     started: Instant,
 }
@@ -55,13 +60,25 @@ impl Node {
             limits,
             default_ttl,
             partitions,
+            cluster: None,
             ready: AtomicBool::new(true),
             started: Instant::now(),
         }
     }
 
+    /// Makes this node a cluster member: cache requests then go through Raft.
+    pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// Serving, and (in a cluster) joined with every hosted partition led.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+            && self
+                .cluster
+                .as_ref()
+                .is_none_or(|cluster| cluster.is_ready())
     }
 
     /// Marks the node unready, so that load balancers stop sending it new requests
@@ -85,6 +102,8 @@ const ROUTES: &[&str] = &[
     "/ready",
     "/stats",
     "/metrics",
+    "/cluster",
+    "/cluster/init",
     "unmatched",
 ];
 
@@ -103,6 +122,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(ROUTES[4], get(ops::ready))
         .route(ROUTES[5], get(ops::stats))
         .route(ROUTES[6], get(ops::metrics))
+        .route(ROUTES[7], get(admin::status))
+        .route(ROUTES[8], axum::routing::post(admin::init))
         .fallback(ops::no_such_route)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(track::TrackRequestsLayer::new(node.clone()))

@@ -19,8 +19,13 @@ pub async fn ready(State(node): State<Arc<Node>>) -> Response {
     if node.is_ready() {
         Json(json!({"ready": true})).into_response()
     } else {
+        let message = if node.cluster.is_some() {
+            "not ready: shutting down, not yet joined, or a partition held here has no leader"
+        } else {
+            "not ready: shutting down"
+        };
         ApiError::Unavailable {
-            message: "node is shutting down".into(),
+            message: message.into(),
             retry_after_secs: 1,
         }
         .into_response()
@@ -32,6 +37,11 @@ pub async fn stats(State(node): State<Arc<Node>>) -> Json<Stats> {
     node.store.run_maintenance();
     let store = node.store.stats();
     let reads = store.hits + store.misses;
+    // A standalone node holds and leads every partition.
+    let (led, held) = node
+        .cluster
+        .as_ref()
+        .map_or((node.partitions, node.partitions), |c| c.partition_counts());
     Json(Stats {
         node_id: node.node_id.clone(),
         keys: store.keys,
@@ -50,9 +60,8 @@ pub async fn stats(State(node): State<Arc<Node>>) -> Json<Stats> {
         evictions: store.evictions,
         expirations: store.expirations,
         partitions: node.partitions,
-        // A standalone node holds and leads every partition.
-        partitions_led: node.partitions,
-        partitions_held: node.partitions,
+        partitions_led: led,
+        partitions_held: held,
         uptime_seconds: node.uptime().as_secs(),
     })
 }

@@ -1,0 +1,476 @@
+//! The node as a member of a cluster: initialising it, proposing writes to the right
+//! group, and finding where a request for a partition must go.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dcache_protocol::PartitionId;
+use futures_util::future::join_all;
+use openraft::async_runtime::WatchReceiver;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::raft::cluster_state::Member;
+use crate::raft::groups::{Groups, WriteRefused};
+use crate::raft::rpc::{Identity, WriteOutcome};
+use crate::raft::transport::op;
+use crate::raft::{
+    CLUSTER_GROUP, ClusterCommand, ClusterState, Command, CommandResult, GroupId, MemberNode,
+    NodeId, partition_group,
+};
+
+/// Voters of the cluster group at most; further members follow it as learners.
+pub const MAX_CLUSTER_VOTERS: usize = 5;
+
+/// How long admin calls keep retrying a cluster that is still electing leaders.
+const ADMIN_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Ring parameters a cluster is created with.
+#[derive(Debug, Clone, Copy)]
+pub struct RingSettings {
+    pub replication: usize,
+    pub vnodes: u32,
+}
+
+/// Body of `POST /cluster/init`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitRequest {
+    pub cluster_id: String,
+    pub members: Vec<MemberNode>,
+}
+
+/// Where a request for a partition has to be served.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route<T> {
+    /// Served here.
+    Here(T),
+    /// Another node must serve it: its API address.
+    Forward(String),
+    /// Nobody can right now.
+    Unavailable(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+pub struct Cluster {
+    pub groups: Arc<Groups>,
+    pub ring: RingSettings,
+}
+
+impl Cluster {
+    pub fn new(groups: Arc<Groups>, ring: RingSettings) -> Self {
+        Self { groups, ring }
+    }
+
+    pub fn state(&self) -> Option<ClusterState> {
+        self.groups.cluster_state()
+    }
+
+    /// Creates the cluster: learns each member's Raft identity, starts the cluster group
+    /// and every partition group on its replicas. Repeating it with the same cluster id
+    /// changes nothing; another id is refused.
+    pub async fn init(&self, request: InitRequest) -> Result<ClusterState, AdminError> {
+        validate_init(&request)?;
+        if let Some(state) = self.state() {
+            return if state.cluster_id == request.cluster_id {
+                Ok(state)
+            } else {
+                Err(AdminError::Conflict(format!(
+                    "this node already belongs to cluster {:?}; refusing to initialise {:?}",
+                    state.cluster_id, request.cluster_id
+                )))
+            };
+        }
+        let deadline = Instant::now() + ADMIN_DEADLINE;
+        let identities = join_all(request.members.iter().map(|m| self.identity(m, deadline))).await;
+        let mut members = BTreeMap::new();
+        for identity in identities {
+            let identity = identity?;
+            members.insert(
+                identity.node.name.clone(),
+                Member {
+                    raft_id: identity.raft_id,
+                    node: identity.node,
+                },
+            );
+        }
+        let state = ClusterState {
+            cluster_id: request.cluster_id.clone(),
+            partitions: self.groups.partitions,
+            replication: self.ring.replication,
+            vnodes: self.ring.vnodes,
+            members,
+            epoch: 1,
+        };
+
+        let voters: BTreeMap<NodeId, MemberNode> = state
+            .members
+            .values()
+            .take(MAX_CLUSTER_VOTERS)
+            .map(|m| (m.raft_id, m.node.clone()))
+            .collect();
+        let first_voter = voters
+            .values()
+            .next()
+            .expect("validated: at least one member");
+        self.initialize_group(first_voter, CLUSTER_GROUP, &voters, deadline)
+            .await?;
+        let candidates: Vec<MemberNode> = voters.values().cloned().collect();
+        self.propose(
+            CLUSTER_GROUP,
+            Command::Cluster(ClusterCommand::Init(state.clone())),
+            &candidates,
+            deadline,
+        )
+        .await
+        .map_err(AdminError::Unavailable)?;
+
+        let placement = state.placement();
+        let starts = placement
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(partition, replicas)| {
+                let members: BTreeMap<NodeId, MemberNode> = replicas
+                    .iter()
+                    .map(|name| {
+                        let member = &state.members[name];
+                        (member.raft_id, member.node.clone())
+                    })
+                    .collect();
+                let leader = &state.members[&placement.leaders[partition]].node;
+                let group = partition_group(partition as PartitionId);
+                async move {
+                    self.initialize_group(leader, group, &members, deadline)
+                        .await
+                }
+            });
+        for started in join_all(starts).await {
+            started?;
+        }
+        info!(cluster_id = %state.cluster_id, members = state.members.len(), "cluster initialised");
+        Ok(state)
+    }
+
+    async fn identity(
+        &self,
+        member: &MemberNode,
+        deadline: Instant,
+    ) -> Result<Identity, AdminError> {
+        let url = format!("http://{}/raft/identity", member.raft_addr);
+        loop {
+            let attempt = async {
+                let response = self
+                    .groups
+                    .transport
+                    .http_client()
+                    .get(&url)
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await?;
+                response.error_for_status()?.json::<Identity>().await
+            };
+            match attempt.await {
+                Ok(identity) if identity.node.name == member.name => return Ok(identity),
+                Ok(identity) => {
+                    return Err(AdminError::Invalid(format!(
+                        "{} answers as member {:?}, not {:?}",
+                        member.raft_addr, identity.node.name, member.name
+                    )));
+                }
+                Err(e) if Instant::now() < deadline => {
+                    warn!(member = %member.name, error = %e, "member not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    return Err(AdminError::Unavailable(format!(
+                        "member {:?} unreachable at {}: {e}",
+                        member.name, member.raft_addr
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn initialize_group(
+        &self,
+        at: &MemberNode,
+        group: GroupId,
+        members: &BTreeMap<NodeId, MemberNode>,
+        deadline: Instant,
+    ) -> Result<(), AdminError> {
+        loop {
+            let sent: Result<(), _> = self
+                .groups
+                .transport
+                .call(
+                    &at.raft_addr,
+                    group,
+                    op::INITIALIZE,
+                    members,
+                    Duration::from_secs(5),
+                )
+                .await;
+            match sent {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < deadline => {
+                    warn!(group, error = %e, "initialising group failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    return Err(AdminError::Unavailable(format!(
+                        "cannot start group {group}: {e}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Proposes `command` to `group` wherever its leader is, following leader hints
+    /// from `candidates` on, until `deadline`.
+    pub async fn propose(
+        &self,
+        group: GroupId,
+        command: Command,
+        candidates: &[MemberNode],
+        deadline: Instant,
+    ) -> Result<CommandResult, String> {
+        let mut next: Option<String> = None;
+        let mut attempt = 0usize;
+        loop {
+            let addr = next.take().or_else(|| {
+                candidates
+                    .get(attempt % candidates.len().max(1))
+                    .map(|m| m.raft_addr.clone())
+            });
+            let outcome = match addr {
+                Some(addr) => self
+                    .groups
+                    .transport
+                    .call::<_, WriteOutcome>(
+                        &addr,
+                        group,
+                        op::WRITE,
+                        &command,
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("no member to propose to".to_owned()),
+            };
+            match outcome {
+                Ok(WriteOutcome::Applied(result)) => return Ok(result),
+                Ok(WriteOutcome::NotLeader(Some(leader))) => next = Some(leader.raft_addr),
+                Ok(WriteOutcome::NotLeader(None)) | Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(WriteOutcome::NotLeader(None)) => {
+                    return Err(format!("group {group} has no leader"));
+                }
+                Err(e) => return Err(e),
+            }
+            attempt += 1;
+        }
+    }
+
+    /// Applies a write to `partition` here if this node leads it, else says where to go.
+    pub async fn write(&self, partition: PartitionId, command: Command) -> Route<CommandResult> {
+        match self.groups.write(partition_group(partition), command).await {
+            Ok(result) => Route::Here(result),
+            Err(refused) => self.reroute(partition, refused),
+        }
+    }
+
+    /// Whether a read of `partition` can be served here: for a linearizable read, once
+    /// this node (the leader) has confirmed its leadership and applied everything
+    /// committed before the read (read-index); for a local read, if it holds a replica.
+    pub async fn read(&self, partition: PartitionId, linearizable: bool) -> Route<()> {
+        let group = partition_group(partition);
+        if !linearizable {
+            return match self.groups.get(group) {
+                Some(_) => Route::Here(()),
+                None => self.reroute(partition, WriteRefused::NotHosted),
+            };
+        }
+        match self.groups.linearize(group).await {
+            Ok(()) => Route::Here(()),
+            Err(refused) => self.reroute(partition, refused),
+        }
+    }
+
+    fn reroute<T>(&self, partition: PartitionId, refused: WriteRefused) -> Route<T> {
+        match refused {
+            WriteRefused::NotLeader(Some(leader)) => Route::Forward(leader.api_addr),
+            WriteRefused::NotHosted => match self.replica_api_addr(partition) {
+                Some(addr) => Route::Forward(addr),
+                None => Route::Unavailable(format!(
+                    "partition {partition} has no known replica: is the cluster initialised?"
+                )),
+            },
+            WriteRefused::NotLeader(None) => {
+                Route::Unavailable(format!("partition {partition} has no leader right now"))
+            }
+            WriteRefused::Unavailable(why) => {
+                Route::Unavailable(format!("partition {partition} is unavailable: {why}"))
+            }
+        }
+    }
+
+    /// A node holding `partition`, for a request this node cannot serve.
+    fn replica_api_addr(&self, partition: PartitionId) -> Option<String> {
+        let state = self.state()?;
+        let placement = state.placement();
+        let leader = placement.leaders.get(partition as usize)?;
+        state.member(leader).map(|m| m.node.api_addr.clone())
+    }
+
+    /// What `/cluster` reports.
+    pub fn status(&self) -> ClusterStatus {
+        let state = self.state();
+        let placement = state.as_ref().map(ClusterState::placement);
+        let name_of = |raft_id: NodeId| {
+            state
+                .as_ref()
+                .and_then(|s| s.member_by_raft_id(raft_id))
+                .map_or_else(|| format!("raft:{raft_id}"), |m| m.node.name.clone())
+        };
+        let partitions = (0..self.groups.partitions)
+            .map(|partition| {
+                let desired = placement
+                    .as_ref()
+                    .map(|p| p.replicas[partition as usize].clone())
+                    .unwrap_or_default();
+                match self.groups.get(partition_group(partition)) {
+                    Some(raft) => {
+                        let metrics = raft.metrics().borrow_watched().clone();
+                        let voters: Vec<String> = metrics
+                            .membership_config
+                            .membership()
+                            .voter_ids()
+                            .map(name_of)
+                            .collect();
+                        PartitionStatus {
+                            partition,
+                            replicas: desired,
+                            voters,
+                            leader: metrics.current_leader.map(name_of),
+                            term: Some(metrics.current_term),
+                            last_applied: metrics.last_applied.map(|id| id.index),
+                            hosted: true,
+                        }
+                    }
+                    None => PartitionStatus {
+                        partition,
+                        replicas: desired,
+                        voters: Vec::new(),
+                        leader: None,
+                        term: None,
+                        last_applied: None,
+                        hosted: false,
+                    },
+                }
+            })
+            .collect();
+        ClusterStatus {
+            cluster_id: state.as_ref().map(|s| s.cluster_id.clone()),
+            epoch: state.as_ref().map_or(0, |s| s.epoch),
+            node: self.groups.me.name.clone(),
+            raft_id: self.groups.id,
+            members: state
+                .as_ref()
+                .map(|s| s.members.values().cloned().collect())
+                .unwrap_or_default(),
+            partitions,
+        }
+    }
+
+    /// Partitions this node leads and holds.
+    pub fn partition_counts(&self) -> (u32, u32) {
+        let mut led = 0;
+        let mut held = 0;
+        for (group, raft) in self.groups.all() {
+            if group == CLUSTER_GROUP {
+                continue;
+            }
+            held += 1;
+            if raft.metrics().borrow_watched().current_leader == Some(self.groups.id) {
+                led += 1;
+            }
+        }
+        (led, held)
+    }
+
+    /// Joined, and every hosted partition has a leader.
+    pub fn is_ready(&self) -> bool {
+        self.state().is_some()
+            && self
+                .groups
+                .all()
+                .values()
+                .all(|raft| raft.metrics().borrow_watched().current_leader.is_some())
+    }
+}
+
+fn validate_init(request: &InitRequest) -> Result<(), AdminError> {
+    if request.cluster_id.trim().is_empty() {
+        return Err(AdminError::Invalid("cluster_id must not be empty".into()));
+    }
+    if request.members.is_empty() {
+        return Err(AdminError::Invalid(
+            "members must name at least one node".into(),
+        ));
+    }
+    let mut names: Vec<&str> = request.members.iter().map(|m| m.name.as_str()).collect();
+    names.sort();
+    if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(AdminError::Invalid(format!(
+            "member {:?} is listed twice",
+            pair[0]
+        )));
+    }
+    if let Some(member) = request
+        .members
+        .iter()
+        .find(|m| m.name.is_empty() || m.api_addr.is_empty() || m.raft_addr.is_empty())
+    {
+        return Err(AdminError::Invalid(format!(
+            "every member needs name, api_addr and raft_addr: {member:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// `GET /cluster`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster_id: Option<String>,
+    pub epoch: u64,
+    pub node: String,
+    pub raft_id: NodeId,
+    pub members: Vec<Member>,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionStatus {
+    pub partition: PartitionId,
+    /// Where the placement wants it.
+    pub replicas: Vec<String>,
+    /// Its Raft voters, as this node sees them (empty if not hosted here).
+    pub voters: Vec<String>,
+    pub leader: Option<String>,
+    pub term: Option<u64>,
+    pub last_applied: Option<u64>,
+    /// Whether this node holds a replica.
+    pub hosted: bool,
+}
