@@ -56,6 +56,11 @@ pub struct NodeConfig {
     #[arg(long, env = "DCACHE_RAFT_ELECTION_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub raft_election_timeout: Duration,
 
+    /// Serve POST /admin/fault, which cuts this node off from its peers (for
+    /// partition tests). Never enable in production.
+    #[arg(long, env = "DCACHE_ENABLE_FAULT_INJECTION", default_value_t = false)]
+    pub enable_fault_injection: bool,
+
     /// This node's stable member name: its place on the ring, in logs, /stats and
     /// metrics. Defaults to the listen address.
     #[arg(long, env = "DCACHE_NODE_ID")]

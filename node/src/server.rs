@@ -44,7 +44,7 @@ pub fn build_node(
         },
         crate::clock::Clock::new(),
     );
-    let node = Node::new(
+    let mut node = Node::new(
         config.node_id(),
         store.clone(),
         Limits {
@@ -54,6 +54,7 @@ pub fn build_node(
         config.default_ttl,
         config.partitions,
     );
+    node.fault_injection = config.enable_fault_injection;
     let Some(raft_addr) = raft_addr else {
         return Ok(Arc::new(node));
     };
@@ -75,6 +76,8 @@ pub fn build_node(
         heartbeat_interval: heartbeat,
         election_timeout_min: election,
         election_timeout_max: election * 2,
+        // A node coming back from a partition must not depose a healthy leader.
+        enable_pre_vote: Some(true),
         ..Default::default()
     }
     .validate()

@@ -39,3 +39,28 @@ pub async fn init(
 pub async fn status(State(node): State<Arc<Node>>) -> Result<Json<ClusterStatus>, ApiError> {
     Ok(Json(cluster(&node)?.status()))
 }
+
+/// Body of `POST /admin/fault`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRequest {
+    /// Cut this node off from every peer (Raft traffic both ways, request forwarding).
+    pub isolated: bool,
+}
+
+pub async fn fault(
+    State(node): State<Arc<Node>>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !node.fault_injection {
+        return Err(ApiError::NotFound(
+            "fault injection is off: start the node with --enable-fault-injection".into(),
+        ));
+    }
+    let cluster = cluster(&node)?;
+    let request: FaultRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    cluster.groups.transport.set_isolated(request.isolated);
+    tracing::warn!(isolated = request.isolated, "fault injection");
+    Ok(Json(serde_json::json!({"isolated": request.isolated})))
+}

@@ -37,6 +37,9 @@ pub async fn forward(
     let Some(cluster) = &node.cluster else {
         return Err(unavailable("this node is not part of a cluster".into()));
     };
+    if cluster.groups.transport.is_isolated() {
+        return Err(unavailable("this node is cut off from its peers".into()));
+    }
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let mut request = cluster
         .groups

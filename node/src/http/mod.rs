@@ -40,6 +40,8 @@ pub struct Node {
     pub partitions: u32,
     /// The cluster this node is a member of; `None` for a standalone node.
     pub cluster: Option<Arc<Cluster>>,
+    /// Whether `POST /admin/fault` may cut this node off (tests only).
+    pub fault_injection: bool,
     ready: AtomicBool,
     started: Instant,
 }
@@ -61,6 +63,7 @@ impl Node {
             default_ttl,
             partitions,
             cluster: None,
+            fault_injection: false,
             ready: AtomicBool::new(true),
             started: Instant::now(),
         }
@@ -104,6 +107,7 @@ const ROUTES: &[&str] = &[
     "/metrics",
     "/cluster",
     "/cluster/init",
+    "/admin/fault",
     "unmatched",
 ];
 
@@ -124,6 +128,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(ROUTES[6], get(ops::metrics))
         .route(ROUTES[7], get(admin::status))
         .route(ROUTES[8], axum::routing::post(admin::init))
+        .route(ROUTES[9], axum::routing::post(admin::fault))
         .fallback(ops::no_such_route)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(track::TrackRequestsLayer::new(node.clone()))

@@ -18,6 +18,10 @@ use super::{
 };
 use crate::store::Store;
 
+/// How long a write or a linearizable read waits for a quorum before the client is told
+/// to retry: a leader cut off from its followers must not hold requests forever.
+pub const QUORUM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why a write could not be applied here.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriteRefused {

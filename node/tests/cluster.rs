@@ -1,0 +1,246 @@
+//! Multi-node clusters of real processes: replication, failover, partitions, and a
+//! history check that every acknowledged write is read back.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{ELECTION_TIMEOUT, TestCluster};
+use serde_json::{Value, json};
+
+/// The name of the node leading `partition`, as `observer` sees it.
+async fn leader_of(cluster: &TestCluster, observer: usize, partition: usize) -> Option<String> {
+    let status = cluster.cluster_status(observer).await;
+    status["partitions"][partition]["leader"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_any_node_and_failover_keeps_them() {
+    let mut cluster = TestCluster::start(3).await;
+
+    for i in 0..60 {
+        let key = format!("key-{i}");
+        assert!(
+            cluster.set(i % 3, &key, &json!(i)).await,
+            "write {key} through node {}",
+            i % 3
+        );
+    }
+    for node in 0..3 {
+        for i in 0..60 {
+            let key = format!("key-{i}");
+            assert_eq!(
+                cluster.get(node, &key, "linearizable").await,
+                Ok(Some(json!(i))),
+                "{key} via {node}"
+            );
+        }
+    }
+
+    // Kill the leader of partition 0; a survivor must see a new one within two election
+    // timeouts (the longest timeout is twice the configured minimum).
+    let old_leader = leader_of(&cluster, 0, 0)
+        .await
+        .expect("partition 0 has a leader");
+    let victim = cluster
+        .nodes
+        .iter()
+        .position(|n| n.name == old_leader)
+        .unwrap();
+    let survivor = (victim + 1) % 3;
+    let killed_at = Instant::now();
+    cluster.nodes[victim].kill();
+    loop {
+        if let Some(leader) = leader_of(&cluster, survivor, 0).await
+            && leader != old_leader
+        {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < 2 * (2 * ELECTION_TIMEOUT) + Duration::from_secs(1),
+            "no new leader for partition 0 after {:?}",
+            killed_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let survivors: Vec<usize> = (0..3).filter(|n| *n != victim).collect();
+    for i in 60..120 {
+        let key = format!("key-{i}");
+        cluster
+            .set_until_acknowledged(&survivors, &key, &json!(i), Duration::from_secs(30))
+            .await;
+    }
+    for &node in &survivors {
+        for i in 0..120 {
+            let key = format!("key-{i}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match cluster.get(node, &key, "linearizable").await {
+                    Ok(value) => {
+                        assert_eq!(
+                            value,
+                            Some(json!(i)),
+                            "{key} via node {node} after failover"
+                        );
+                        break;
+                    }
+                    // 503 while a partition elects: retry, the value must not be lost.
+                    Err(e) => assert!(Instant::now() < deadline, "{key}: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_node_acknowledges_nothing_and_catches_up_when_healed() {
+    let cluster = TestCluster::start(3).await;
+    let isolated = 2;
+    cluster.isolate(isolated, true).await;
+
+    // The isolated side acknowledges no write: not for partitions it led, which lost
+    // their quorum, and not by forwarding.
+    for i in 0..10 {
+        let key = format!("cut-{i}");
+        assert!(
+            !cluster.set(isolated, &key, &json!(i)).await,
+            "isolated node acknowledged {key}"
+        );
+    }
+    // The majority side keeps accepting writes once partitions led by the isolated
+    // node have moved their leadership.
+    for i in 0..30 {
+        let key = format!("majority-{i}");
+        cluster
+            .set_until_acknowledged(&[0, 1], &key, &json!(i), Duration::from_secs(30))
+            .await;
+    }
+
+    cluster.isolate(isolated, false).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0..30 {
+        let key = format!("majority-{i}");
+        loop {
+            if cluster.get(isolated, &key, "local").await == Ok(Some(json!(i))) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "healed node never caught up on {key}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Nothing written on the isolated side appeared anywhere.
+    for i in 0..10 {
+        let key = format!("cut-{i}");
+        for node in 0..2 {
+            assert_eq!(
+                cluster.get(node, &key, "linearizable").await,
+                Ok(None),
+                "{key} via {node}"
+            );
+        }
+    }
+}
+
+/// Each client owns its keys and writes them one at a time, retrying until
+/// acknowledged, so the last acknowledged write of every key is its expected value.
+/// A leader is killed mid-run; afterwards every node must read back exactly that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_check_every_acknowledged_write_is_the_latest_value() {
+    const CLIENTS: usize = 4;
+    const KEYS_PER_CLIENT: usize = 10;
+    const OPS_PER_CLIENT: usize = 80;
+    let cluster = Arc::new(tokio::sync::Mutex::new(TestCluster::start(3).await));
+    let (client, nodes) = {
+        let c = cluster.lock().await;
+        (
+            c.client.clone(),
+            c.nodes.iter().map(|n| n.base.clone()).collect::<Vec<_>>(),
+        )
+    };
+    let alive: Arc<std::sync::Mutex<Vec<usize>>> = Arc::new(std::sync::Mutex::new(vec![0, 1, 2]));
+
+    let mut workers = Vec::new();
+    for c in 0..CLIENTS {
+        let (client, nodes, alive) = (client.clone(), nodes.clone(), alive.clone());
+        workers.push(tokio::spawn(async move {
+            let mut expected: BTreeMap<String, Option<Value>> = BTreeMap::new();
+            for op in 0..OPS_PER_CLIENT {
+                let key = format!("c{c}-k{}", op % KEYS_PER_CLIENT);
+                // Sets with and without TTL, and deletes.
+                let (method, body, outcome) = match op % 5 {
+                    3 => ("DELETE", None, None),
+                    4 => (
+                        "PUT",
+                        Some(json!({"value": op, "ttl": 3600})),
+                        Some(json!(op)),
+                    ),
+                    _ => ("PUT", Some(json!({"value": op})), Some(json!(op))),
+                };
+                let deadline = Instant::now() + Duration::from_secs(60);
+                for attempt in 0usize.. {
+                    let targets = alive.lock().unwrap().clone();
+                    let base = &nodes[targets[(op + attempt) % targets.len()]];
+                    let url = format!("{base}/cache/{key}");
+                    let request = match &body {
+                        Some(body) => client.put(&url).json(body),
+                        None => client.request(
+                            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                            &url,
+                        ),
+                    };
+                    if request.send().await.is_ok_and(|r| r.status() == 200) {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "{key} op {op} never acknowledged"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                expected.insert(key, outcome);
+            }
+            expected
+        }));
+    }
+
+    // Kill a partition leader while the clients run.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    {
+        let mut c = cluster.lock().await;
+        let leader = leader_of(&c, 0, 1).await.expect("partition 1 has a leader");
+        let victim = c.nodes.iter().position(|n| n.name == leader).unwrap();
+        alive.lock().unwrap().retain(|n| *n != victim);
+        c.nodes[victim].kill();
+    }
+
+    let mut expected = BTreeMap::new();
+    for worker in workers {
+        expected.extend(worker.await.unwrap());
+    }
+    let c = cluster.lock().await;
+    let survivors = alive.lock().unwrap().clone();
+    for &node in &survivors {
+        for (key, value) in &expected {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match c.get(node, key, "linearizable").await {
+                    Ok(actual) => {
+                        assert_eq!(&actual, value, "{key} via node {node}");
+                        break;
+                    }
+                    Err(e) => assert!(Instant::now() < deadline, "{key}: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
