@@ -11,6 +11,7 @@ use openraft::async_runtime::WatchReceiver;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::balancer::{BalancerState, RebalanceProgress};
 use crate::raft::cluster_state::Member;
 use crate::raft::groups::{Groups, WriteRefused};
 use crate::raft::rpc::{Identity, WriteOutcome};
@@ -31,6 +32,8 @@ const ADMIN_DEADLINE: Duration = Duration::from_secs(20);
 pub struct RingSettings {
     pub replication: usize,
     pub vnodes: u32,
+    /// Moves the balancer runs at once onto any one node.
+    pub max_moves_per_node: usize,
 }
 
 /// Body of `POST /cluster/init`.
@@ -38,6 +41,13 @@ pub struct RingSettings {
 #[serde(deny_unknown_fields)]
 pub struct InitRequest {
     pub cluster_id: String,
+    pub members: Vec<MemberNode>,
+}
+
+/// Body of `PUT /cluster/members`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembersRequest {
     pub members: Vec<MemberNode>,
 }
 
@@ -65,11 +75,16 @@ pub enum AdminError {
 pub struct Cluster {
     pub groups: Arc<Groups>,
     pub ring: RingSettings,
+    pub(crate) balancer: std::sync::Mutex<BalancerState>,
 }
 
 impl Cluster {
     pub fn new(groups: Arc<Groups>, ring: RingSettings) -> Self {
-        Self { groups, ring }
+        Self {
+            groups,
+            ring,
+            balancer: Default::default(),
+        }
     }
 
     pub fn state(&self) -> Option<ClusterState> {
@@ -92,24 +107,14 @@ impl Cluster {
             };
         }
         let deadline = Instant::now() + ADMIN_DEADLINE;
-        let identities = join_all(request.members.iter().map(|m| self.identity(m, deadline))).await;
-        let mut members = BTreeMap::new();
-        for identity in identities {
-            let identity = identity?;
-            members.insert(
-                identity.node.name.clone(),
-                Member {
-                    raft_id: identity.raft_id,
-                    node: identity.node,
-                },
-            );
-        }
+        let members = self.identify(&request.members, deadline).await?;
         let state = ClusterState {
             cluster_id: request.cluster_id.clone(),
             partitions: self.groups.partitions,
             replication: self.ring.replication,
             vnodes: self.ring.vnodes,
             members,
+            leaving: BTreeMap::new(),
             epoch: 1,
         };
 
@@ -160,6 +165,61 @@ impl Cluster {
         }
         info!(cluster_id = %state.cluster_id, members = state.members.len(), "cluster initialised");
         Ok(state)
+    }
+
+    /// Learns each member's current Raft identity from its Raft endpoint.
+    async fn identify(
+        &self,
+        members: &[MemberNode],
+        deadline: Instant,
+    ) -> Result<BTreeMap<String, Member>, AdminError> {
+        let identities = join_all(members.iter().map(|m| self.identity(m, deadline))).await;
+        let mut identified = BTreeMap::new();
+        for identity in identities {
+            let identity = identity?;
+            identified.insert(
+                identity.node.name.clone(),
+                Member {
+                    raft_id: identity.raft_id,
+                    node: identity.node,
+                },
+            );
+        }
+        Ok(identified)
+    }
+
+    /// Replaces the member set (`PUT /cluster/members`): new members are added, missing
+    /// ones drained, and members that restarted under a new identity re-admitted.
+    pub async fn set_members(&self, members: Vec<MemberNode>) -> Result<ClusterState, AdminError> {
+        validate_members(&members)?;
+        let Some(state) = self.state() else {
+            return Err(AdminError::Conflict(
+                "the cluster is not initialised yet: POST /cluster/init first".into(),
+            ));
+        };
+        let deadline = Instant::now() + ADMIN_DEADLINE;
+        let identified = self.identify(&members, deadline).await?;
+        self.propose_cluster_change(&state, ClusterCommand::SetMembers(identified), deadline)
+            .await
+            .map_err(AdminError::Unavailable)?;
+        Ok(self.state().unwrap_or(state))
+    }
+
+    /// Proposes a change of the cluster state through the cluster group's leader.
+    pub(crate) async fn propose_cluster_change(
+        &self,
+        state: &ClusterState,
+        change: ClusterCommand,
+        deadline: Instant,
+    ) -> Result<CommandResult, String> {
+        let candidates: Vec<MemberNode> = state.members.values().map(|m| m.node.clone()).collect();
+        self.propose(
+            CLUSTER_GROUP,
+            Command::Cluster(change),
+            &candidates,
+            deadline,
+        )
+        .await
     }
 
     async fn identity(
@@ -381,8 +441,19 @@ impl Cluster {
                 }
             })
             .collect();
+        let cluster_leader = self
+            .groups
+            .get(CLUSTER_GROUP)
+            .and_then(|raft| raft.metrics().borrow_watched().current_leader)
+            .map(name_of);
         ClusterStatus {
             cluster_id: state.as_ref().map(|s| s.cluster_id.clone()),
+            cluster_leader,
+            leaving: state
+                .as_ref()
+                .map(|s| s.leaving.values().cloned().collect())
+                .unwrap_or_default(),
+            rebalance: self.rebalance_progress(),
             epoch: state.as_ref().map_or(0, |s| s.epoch),
             node: self.groups.me.name.clone(),
             raft_id: self.groups.id,
@@ -398,7 +469,7 @@ impl Cluster {
     pub fn partition_counts(&self) -> (u32, u32) {
         let mut led = 0;
         let mut held = 0;
-        for (group, raft) in self.groups.all() {
+        for (group, raft) in self.groups.initialized() {
             if group == CLUSTER_GROUP {
                 continue;
             }
@@ -415,7 +486,7 @@ impl Cluster {
         self.state().is_some()
             && self
                 .groups
-                .all()
+                .initialized()
                 .values()
                 .all(|raft| raft.metrics().borrow_watched().current_leader.is_some())
     }
@@ -425,6 +496,13 @@ fn validate_init(request: &InitRequest) -> Result<(), AdminError> {
     if request.cluster_id.trim().is_empty() {
         return Err(AdminError::Invalid("cluster_id must not be empty".into()));
     }
+    validate_members(&request.members)
+}
+
+fn validate_members(members: &[MemberNode]) -> Result<(), AdminError> {
+    let request = MembersRequest {
+        members: members.to_vec(),
+    };
     if request.members.is_empty() {
         return Err(AdminError::Invalid(
             "members must name at least one node".into(),
@@ -454,6 +532,12 @@ fn validate_init(request: &InitRequest) -> Result<(), AdminError> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterStatus {
     pub cluster_id: Option<String>,
+    /// The member leading the cluster group, which runs the balancer.
+    pub cluster_leader: Option<String>,
+    /// Former members being drained.
+    pub leaving: Vec<Member>,
+    /// The balancer's progress (meaningful on the cluster leader).
+    pub rebalance: RebalanceProgress,
     pub epoch: u64,
     pub node: String,
     pub raft_id: NodeId,

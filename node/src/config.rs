@@ -47,6 +47,16 @@ pub struct NodeConfig {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub vnodes: u32,
 
+    /// Replica moves the balancer runs at once onto any one node.
+    #[arg(long, env = "DCACHE_MAX_MOVES_PER_NODE", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub max_moves_per_node: u16,
+
+    /// How often the balancer (on the cluster group's leader) compares replicas with
+    /// the placement and takes the next steps.
+    #[arg(long, env = "DCACHE_BALANCE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub balance_interval: Duration,
+
     /// How often a Raft leader heartbeats its followers.
     #[arg(long, env = "DCACHE_RAFT_HEARTBEAT", default_value = "150ms", value_parser = parse_duration)]
     pub raft_heartbeat: Duration,

@@ -4,6 +4,7 @@
 //! [`http`] serves the cache API over it, [`metrics`] exports what both do, and
 //! [`server`] runs the whole with graceful shutdown.
 
+pub mod balancer;
 pub mod clock;
 pub mod cluster;
 pub mod config;

@@ -147,38 +147,54 @@ impl Placement {
     }
 }
 
-/// Chooses a leader per partition: the previous leader if it is still a replica, else
-/// the first replica in ring order (so that leadership is as stable as placement under
-/// membership change); then moves leadership away from members over their fair share to
-/// the least loaded replica of the same partition, until no such move helps.
+/// Chooses a leader per partition: the previous leader wherever it is still a replica
+/// (so that leadership is as stable as placement under membership change); elsewhere
+/// the least loaded replica (ring order breaking ties, so a fresh placement starts from
+/// the first replica). Then it moves leadership away from members over their fair
+/// share to the least loaded replica of the same partition, until no move helps.
 fn spread_leaders(
     replicas: &[Vec<String>],
     members: &[String],
     previous: &[String],
 ) -> Vec<String> {
-    let mut leaders: Vec<String> = replicas
+    let mut counts: BTreeMap<String, usize> = members.iter().map(|m| (m.clone(), 0)).collect();
+    let mut leaders: Vec<Option<String>> = replicas
         .iter()
         .enumerate()
         .map(|(partition, set)| match previous.get(partition) {
-            Some(leader) if set.contains(leader) => leader.clone(),
-            _ => set.first().cloned().unwrap_or_default(),
+            Some(leader) if set.contains(leader) => {
+                *counts.entry(leader.clone()).or_default() += 1;
+                Some(leader.clone())
+            }
+            _ => None,
         })
         .collect();
+    for (partition, set) in replicas.iter().enumerate() {
+        if leaders[partition].is_some() {
+            continue;
+        }
+        let Some(choice) = set
+            .iter()
+            .enumerate()
+            .min_by_key(|(rank, m)| (counts.get(*m).copied().unwrap_or(0), *rank))
+            .map(|(_, m)| m.clone())
+        else {
+            leaders[partition] = Some(String::new());
+            continue;
+        };
+        *counts.entry(choice.clone()).or_default() += 1;
+        leaders[partition] = Some(choice);
+    }
+    let mut leaders: Vec<String> = leaders.into_iter().map(Option::unwrap_or_default).collect();
     if members.is_empty() {
         return leaders;
     }
-    let fair = replicas.len().div_ceil(members.len());
-    let mut counts: BTreeMap<String, usize> = members.iter().map(|m| (m.clone(), 0)).collect();
-    for leader in &leaders {
-        *counts.entry(leader.clone()).or_default() += 1;
-    }
+    let ceiling = replicas.len().div_ceil(members.len());
+    let floor = replicas.len() / members.len();
     loop {
         let mut moved = false;
         for (partition, set) in replicas.iter().enumerate() {
             let current = &leaders[partition];
-            if counts[current] <= fair {
-                continue;
-            }
             let Some(best) = set
                 .iter()
                 .filter(|m| *m != current)
@@ -186,7 +202,10 @@ fn spread_leaders(
             else {
                 continue;
             };
-            if counts[best] + 1 < counts[current] {
+            // Move only off a member over its share, or onto one under it.
+            let needed =
+                counts[current] > ceiling || (counts[best] < floor && counts[current] > floor);
+            if needed && counts[best] + 1 < counts[current] {
                 *counts.get_mut(current).expect("leader is a member") -= 1;
                 *counts.get_mut(best).expect("replica is a member") += 1;
                 leaders[partition] = best.clone();
@@ -260,9 +279,11 @@ mod tests {
         for n in 1..=10 {
             let placement = compute(n);
             let counts = placement.leader_counts();
-            let fair = 64usize.div_ceil(n);
-            let max = counts.values().max().copied().unwrap_or(0);
-            assert!(max <= fair + 1, "{n} members: leader counts {counts:?}");
+            let (max, min) = (
+                counts.values().max().unwrap(),
+                counts.values().min().unwrap(),
+            );
+            assert!(max - min <= 2, "{n} members: leader counts {counts:?}");
         }
     }
 

@@ -98,6 +98,7 @@ pub fn build_node(
         RingSettings {
             replication: usize::from(config.replication),
             vnodes: config.vnodes,
+            max_moves_per_node: usize::from(config.max_moves_per_node),
         },
     );
     Ok(Arc::new(node.with_cluster(Arc::new(cluster))))
@@ -107,6 +108,8 @@ pub fn build_node(
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
     pub sweep_interval: Duration,
+    /// How often the balancer runs (cluster members only).
+    pub balance_interval: Duration,
     /// Threads serving HTTP, each with its own runtime; 0 means one per core.
     pub http_workers: usize,
     /// How long in-flight requests may take to finish after shutdown begins.
@@ -117,6 +120,7 @@ impl ServeOptions {
     pub fn from_config(config: &NodeConfig) -> Self {
         Self {
             sweep_interval: config.expiry_sweep_interval,
+            balance_interval: config.balance_interval,
             http_workers: config.http_workers,
             grace: config.shutdown_timeout,
         }
@@ -135,6 +139,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stop = CancellationToken::new();
+    let balancer = node.cluster.clone().map(|cluster| {
+        let stop = stop.clone();
+        let every = options.balance_interval;
+        tokio::spawn(async move { cluster.run_balancer(every, stop).await })
+    });
     let raft_server = match (raft_listener, &node.cluster) {
         (Some(raft_listener), Some(cluster)) => {
             let app = raft::rpc::router(cluster.groups.clone());
@@ -176,6 +185,9 @@ pub async fn serve(
     }
     let _ = maintenance.await;
     let _ = acceptor.await;
+    if let Some(balancer) = balancer {
+        let _ = balancer.await;
+    }
     if let Some(cluster) = &node.cluster {
         cluster.groups.shutdown().await;
     }

@@ -17,6 +17,7 @@ async fn shutdown_waits_for_in_flight_requests_only_as_long_as_the_grace_period(
     let grace = Duration::from_millis(500);
     let options = ServeOptions {
         sweep_interval: Duration::from_millis(100),
+        balance_interval: Duration::from_secs(1),
         http_workers: 2,
         grace,
     };

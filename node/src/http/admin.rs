@@ -1,4 +1,4 @@
-//! Cluster administration: `POST /cluster/init` and `GET /cluster`.
+//! Cluster administration: `POST /cluster/init`, `PUT /cluster/members`, `GET /cluster`.
 //!
 //! Authentication of admin calls comes with the security work; until then the admin
 //! API is meant for the cluster's private network.
@@ -11,7 +11,7 @@ use axum::extract::State;
 
 use super::forward::unavailable;
 use super::{ApiError, Node};
-use crate::cluster::{AdminError, Cluster, ClusterStatus, InitRequest};
+use crate::cluster::{AdminError, Cluster, ClusterStatus, InitRequest, MembersRequest};
 use crate::raft::ClusterState;
 
 fn cluster(node: &Node) -> Result<&Arc<Cluster>, ApiError> {
@@ -22,18 +22,40 @@ fn cluster(node: &Node) -> Result<&Arc<Cluster>, ApiError> {
     })
 }
 
+fn admin_error(error: AdminError) -> ApiError {
+    match error {
+        AdminError::Invalid(message) => ApiError::BadRequest(message),
+        AdminError::Conflict(message) => ApiError::Conflict(message),
+        AdminError::Unavailable(message) => unavailable(message),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
 pub async fn init(
     State(node): State<Arc<Node>>,
     body: Bytes,
 ) -> Result<Json<ClusterState>, ApiError> {
     let cluster = cluster(&node)?;
-    let request: InitRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
-    cluster.init(request).await.map(Json).map_err(|e| match e {
-        AdminError::Invalid(message) => ApiError::BadRequest(message),
-        AdminError::Conflict(message) => ApiError::Conflict(message),
-        AdminError::Unavailable(message) => unavailable(message),
-    })
+    let request: InitRequest = parse(&body)?;
+    cluster.init(request).await.map(Json).map_err(admin_error)
+}
+
+/// `PUT /cluster/members`: the desired member set; the balancer does the rest.
+pub async fn set_members(
+    State(node): State<Arc<Node>>,
+    body: Bytes,
+) -> Result<Json<ClusterState>, ApiError> {
+    let cluster = cluster(&node)?;
+    let request: MembersRequest = parse(&body)?;
+    cluster
+        .set_members(request.members)
+        .await
+        .map(Json)
+        .map_err(admin_error)
 }
 
 pub async fn status(State(node): State<Arc<Node>>) -> Result<Json<ClusterStatus>, ApiError> {
@@ -58,8 +80,7 @@ pub async fn fault(
         ));
     }
     let cluster = cluster(&node)?;
-    let request: FaultRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    let request: FaultRequest = parse(&body)?;
     cluster.groups.transport.set_isolated(request.isolated);
     tracing::warn!(isolated = request.isolated, "fault injection");
     Ok(Json(serde_json::json!({"isolated": request.isolated})))

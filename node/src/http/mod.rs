@@ -107,6 +107,7 @@ const ROUTES: &[&str] = &[
     "/metrics",
     "/cluster",
     "/cluster/init",
+    "/cluster/members",
     "/admin/fault",
     "unmatched",
 ];
@@ -128,7 +129,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(ROUTES[6], get(ops::metrics))
         .route(ROUTES[7], get(admin::status))
         .route(ROUTES[8], axum::routing::post(admin::init))
-        .route(ROUTES[9], axum::routing::post(admin::fault))
+        .route(ROUTES[9], axum::routing::put(admin::set_members))
+        .route(ROUTES[10], axum::routing::post(admin::fault))
         .fallback(ops::no_such_route)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(track::TrackRequestsLayer::new(node.clone()))

@@ -22,8 +22,11 @@ pub struct ClusterState {
     pub partitions: u32,
     pub replication: usize,
     pub vnodes: u32,
-    /// Members by name.
+    /// Members by name: the desired member set.
     pub members: BTreeMap<String, Member>,
+    /// Former members still being drained of their replicas.
+    #[serde(default)]
+    pub leaving: BTreeMap<String, Member>,
     /// Bumped by every change of membership.
     pub epoch: u64,
 }
@@ -33,6 +36,11 @@ pub struct ClusterState {
 pub enum ClusterCommand {
     /// Sets the initial state; ignored once the cluster has one.
     Init(ClusterState),
+    /// Replaces the desired member set; the balancer then moves replicas to match.
+    /// Members left out are drained before they are forgotten.
+    SetMembers(BTreeMap<String, Member>),
+    /// Forgets a drained former member.
+    Forget(String),
 }
 
 impl fmt::Display for ClusterCommand {
@@ -44,6 +52,8 @@ impl fmt::Display for ClusterCommand {
                 state.cluster_id,
                 state.members.len()
             ),
+            Self::SetMembers(members) => write!(f, "set {} members", members.len()),
+            Self::Forget(name) => write!(f, "forget drained member {name}"),
         }
     }
 }
@@ -59,8 +69,12 @@ impl ClusterState {
         self.members.get(name)
     }
 
+    /// A member or a leaving member by its Raft identity.
     pub fn member_by_raft_id(&self, raft_id: NodeId) -> Option<&Member> {
-        self.members.values().find(|m| m.raft_id == raft_id)
+        self.members
+            .values()
+            .chain(self.leaving.values())
+            .find(|m| m.raft_id == raft_id)
     }
 
     /// Applies `command` to the state `current` (None before init).
@@ -69,6 +83,25 @@ impl ClusterState {
             ClusterCommand::Init(state) => {
                 if current.is_none() {
                     *current = Some(state.clone());
+                }
+            }
+            ClusterCommand::SetMembers(members) => {
+                if let Some(state) = current
+                    && state.members != *members
+                {
+                    for (name, member) in &state.members {
+                        if !members.contains_key(name) {
+                            state.leaving.insert(name.clone(), member.clone());
+                        }
+                    }
+                    state.leaving.retain(|name, _| !members.contains_key(name));
+                    state.members = members.clone();
+                    state.epoch += 1;
+                }
+            }
+            ClusterCommand::Forget(name) => {
+                if let Some(state) = current {
+                    state.leaving.remove(name);
                 }
             }
         }

@@ -13,8 +13,8 @@ use super::log_store::MemLogStore;
 use super::state_machine::{GroupStateMachine, Target};
 use super::transport::Transport;
 use super::{
-    CLUSTER_GROUP, ClusterState, Command, CommandResult, GroupId, GroupRaft, MemberNode, NodeId,
-    TypeConfig, group_partition,
+    ClusterState, Command, CommandResult, GroupId, GroupRaft, MemberNode, NodeId, TypeConfig,
+    group_partition,
 };
 use crate::store::Store;
 
@@ -92,10 +92,14 @@ impl Groups {
             .clone()
     }
 
-    /// The group's Raft, created empty (to be initialised or replicated to) if absent.
-    pub async fn get_or_create(&self, group: GroupId) -> Result<GroupRaft, String> {
+    /// The group's Raft, created empty (to be initialised or replicated to) if absent
+    /// and `create` allows.
+    pub async fn get_or_create(&self, group: GroupId, create: bool) -> Result<GroupRaft, String> {
         if let Some(raft) = self.get(group) {
             return Ok(raft);
+        }
+        if !create {
+            return Err(format!("group {group} is not placed on this node"));
         }
         if group > self.partitions {
             return Err(format!(
@@ -161,17 +165,95 @@ impl Groups {
         }
     }
 
-    /// The node that leads `group`, as far as this node knows.
-    pub fn leader_of(&self, group: GroupId) -> Option<(NodeId, MemberNode)> {
-        let raft = self.get(group)?;
+    /// Stops and forgets `group` and clears its partition's data, unless this node
+    /// has since seen a committed membership, newer than the one that removed it
+    /// (`removed_at`), that includes it again.
+    pub async fn drop_group(&self, group: GroupId, removed_at: u64) -> Result<bool, String> {
+        let Some(raft) = self.get(group) else {
+            return Ok(false);
+        };
         let metrics = raft.metrics().borrow_watched().clone();
-        let leader = metrics.current_leader?;
-        let node = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)?
-            .clone();
-        Some((leader, node))
+        let committed = &metrics.committed_membership_config;
+        let known = committed.log_id().map_or(0, |id| id.index);
+        let still_member = committed.membership().get_node(&self.id).is_some();
+        if known > removed_at && still_member {
+            return Ok(false);
+        }
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&group);
+        raft.shutdown().await.map_err(|e| e.to_string())?;
+        if let Some(partition) = group_partition(group) {
+            let store = self.store.clone();
+            let partitions = self.partitions;
+            let _ =
+                tokio::task::spawn_blocking(move || store.clear_partition(partition, partitions))
+                    .await;
+        }
+        info!(group, "dropped this node's copy of the group");
+        Ok(true)
+    }
+
+    /// Whether this node should hold a copy of `group` under the cluster's placement.
+    /// Before this node knows the cluster state, only the cluster group qualifies.
+    pub fn should_host(&self, group: GroupId) -> bool {
+        let Some(partition) = group_partition(group) else {
+            return true;
+        };
+        let Some(state) = self.cluster_state() else {
+            return false;
+        };
+        state
+            .placement()
+            .replicas
+            .get(partition as usize)
+            .is_some_and(|replicas| replicas.contains(&self.me.name))
+    }
+
+    /// Drops copies of partition groups this node no longer belongs to: those the
+    /// placement moved away whose committed membership excludes it (a removal whose
+    /// drop message it missed), and
+    /// never-initialised ones the placement does not give it (created by a stray RPC).
+    pub async fn drop_abandoned(&self) {
+        for (group, raft) in self.all() {
+            if group_partition(group).is_none() {
+                continue;
+            }
+            let metrics = raft.metrics().borrow_watched().clone();
+            let committed = &metrics.committed_membership_config;
+            match committed.log_id() {
+                // A learner catching up sees old configurations without itself: only
+                // a copy the placement no longer wants may go.
+                Some(log_id)
+                    if committed.membership().get_node(&self.id).is_none()
+                        && !self.should_host(group) =>
+                {
+                    let _ = self.drop_group(group, log_id.index).await;
+                }
+                None if metrics.membership_config.log_id().is_none()
+                    && !self.should_host(group) =>
+                {
+                    let _ = self.drop_group(group, 0).await;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Groups that have joined a membership (as opposed to empty copies waiting to be
+    /// replicated to).
+    pub fn initialized(&self) -> BTreeMap<GroupId, GroupRaft> {
+        self.all()
+            .into_iter()
+            .filter(|(_, raft)| {
+                raft.metrics()
+                    .borrow_watched()
+                    .membership_config
+                    .log_id()
+                    .is_some()
+            })
+            .collect()
     }
 
     pub async fn shutdown(&self) {
@@ -180,10 +262,6 @@ impl Groups {
                 tracing::warn!(group, error = %e, "raft group did not shut down cleanly");
             }
         }
-    }
-
-    pub fn is_cluster_group(group: GroupId) -> bool {
-        group == CLUSTER_GROUP
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod cluster_state;
 pub mod groups;
 pub mod log_store;
+pub mod membership;
 pub mod rpc;
 pub mod state_machine;
 pub mod transport;

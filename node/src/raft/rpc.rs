@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::groups::{Groups, WriteRefused};
+use super::membership::{self, DropRequest, ReconcileRequest};
 use super::transport::op;
 use super::{Command, CommandResult, GroupId, MemberNode, NodeId, SnapshotData, TypeConfig};
 
@@ -69,11 +70,42 @@ async fn dispatch(
         )
             .into_response();
     }
-    let raft = match groups.get_or_create(group).await {
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+    // Operations that act on a copy this node must already hold.
+    match operation.as_str() {
+        op::RECONCILE => {
+            return answer(match decode::<ReconcileRequest>(&body) {
+                Ok(request) => membership::reconcile(&groups, group, request).await,
+                Err(e) => Err(e),
+            });
+        }
+        op::DROP => {
+            return answer(match decode::<DropRequest>(&body) {
+                Ok(request) => groups.drop_group(group, request.removed_at).await,
+                Err(e) => Err(e),
+            });
+        }
+        op::WRITE => {
+            return answer(match decode::<Command>(&body) {
+                Ok(command) => match groups.write(group, command).await {
+                    Ok(result) => Ok(WriteOutcome::Applied(result)),
+                    Err(WriteRefused::NotLeader(leader)) => Ok(WriteOutcome::NotLeader(leader)),
+                    Err(WriteRefused::NotHosted) => Ok(WriteOutcome::NotLeader(None)),
+                    Err(WriteRefused::Unavailable(e)) => Err(e),
+                },
+                Err(e) => Err(e),
+            });
+        }
+        _ => {}
+    }
+    // Raft traffic may be the first this node hears of a group it is joining; a copy
+    // is created only where the placement puts one (or when told to initialise it),
+    // never for stray traffic to a copy this node dropped.
+    let create = operation == op::INITIALIZE || groups.should_host(group);
+    let raft = match groups.get_or_create(group, create).await {
         Ok(raft) => raft,
         Err(e) => return (StatusCode::NOT_FOUND, e).into_response(),
     };
-    let text = |e: &dyn std::fmt::Display| e.to_string();
     match operation.as_str() {
         op::APPEND => answer(match decode(&body) {
             Ok(rpc) => raft.append_entries(rpc).await.map_err(|e| text(&e)),
@@ -104,15 +136,6 @@ async fn dispatch(
             Ok(members) => match raft.is_initialized().await {
                 Ok(true) => Ok(()),
                 _ => raft.initialize(members).await.map_err(|e| text(&e)),
-            },
-            Err(e) => Err(e),
-        }),
-        op::WRITE => answer(match decode::<Command>(&body) {
-            Ok(command) => match groups.write(group, command).await {
-                Ok(result) => Ok(WriteOutcome::Applied(result)),
-                Err(WriteRefused::NotLeader(leader)) => Ok(WriteOutcome::NotLeader(leader)),
-                Err(WriteRefused::NotHosted) => Ok(WriteOutcome::NotLeader(None)),
-                Err(WriteRefused::Unavailable(e)) => Err(e),
             },
             Err(e) => Err(e),
         }),

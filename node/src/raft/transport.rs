@@ -6,8 +6,8 @@
 //! the answer is a postcard `Result<Response, String>`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use openraft::OptionalSend;
@@ -33,7 +33,15 @@ pub mod op {
     pub const TRANSFER_LEADER: &str = "transfer-leader";
     pub const INITIALIZE: &str = "initialize";
     pub const WRITE: &str = "write";
+    pub const RECONCILE: &str = "reconcile";
+    pub const DROP: &str = "drop";
 }
+
+/// Held while an append to one (peer, group) is in flight.
+type AppendTurn = Arc<tokio::sync::Mutex<()>>;
+
+/// The shortest time a Raft RPC is given.
+const MIN_RPC_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a transport call failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +61,11 @@ pub struct Transport {
     addresses: Arc<RwLock<HashMap<NodeId, String>>>,
     /// Fault injection: an isolated node neither sends nor accepts Raft traffic.
     isolated: Arc<AtomicBool>,
+    snapshot_bytes_sent: Arc<AtomicU64>,
+    /// One append in flight per (peer, group): pooled connections would otherwise let
+    /// a heartbeat overtake the append before it, and the follower would answer with
+    /// a conflict for an entry it is about to receive.
+    append_order: Arc<Mutex<HashMap<(NodeId, GroupId), AppendTurn>>>,
 }
 
 impl Transport {
@@ -68,6 +81,8 @@ impl Transport {
             client,
             addresses: Arc::default(),
             isolated: Arc::default(),
+            snapshot_bytes_sent: Arc::default(),
+            append_order: Arc::default(),
         }
     }
 
@@ -97,6 +112,11 @@ impl Transport {
             .get(&id)
             .cloned()
             .ok_or_else(|| CallError::Unreachable(format!("node {id}"), "address unknown".into()))
+    }
+
+    /// Bytes of snapshots this node has sent to new or lagging replicas.
+    pub fn snapshot_bytes_sent(&self) -> u64 {
+        self.snapshot_bytes_sent.load(Ordering::Relaxed)
     }
 
     pub fn set_isolated(&self, isolated: bool) {
@@ -138,9 +158,9 @@ impl Transport {
             .await
             .map_err(|e| {
                 if e.is_connect() {
-                    CallError::Unreachable(addr.into(), e.to_string())
+                    CallError::Unreachable(addr.into(), error_chain(&e))
                 } else {
-                    CallError::Failed(addr.into(), e.to_string())
+                    CallError::Failed(addr.into(), error_chain(&e))
                 }
             })?;
         let status = response.status();
@@ -172,7 +192,11 @@ impl Transport {
         Resp: DeserializeOwned,
     {
         let addr = self.address(target).map_err(to_rpc_error)?;
-        self.call(&addr, group, operation, request, option.soft_ttl())
+        // openraft derives the TTL from the heartbeat interval; on a loaded machine an
+        // append of many entries can take longer, and a timed-out request costs its
+        // pooled connection too, so never wait less than a floor.
+        let timeout = option.hard_ttl().max(MIN_RPC_TIMEOUT);
+        self.call(&addr, group, operation, request, timeout)
             .await
             .map_err(to_rpc_error)
     }
@@ -182,6 +206,18 @@ impl Default for Transport {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// An error with its causes, which reqwest keeps out of its own message.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn to_rpc_error(error: CallError) -> RPCError<TypeConfig> {
@@ -204,6 +240,14 @@ impl GroupRouter<TypeConfig, GroupId> for Transport {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let order = self
+            .append_order
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((target, group_id))
+            .or_default()
+            .clone();
+        let _in_order = order.lock().await;
         self.raft_call(target, group_id, op::APPEND, &rpc, &option)
             .await
     }
@@ -239,10 +283,13 @@ impl GroupRouter<TypeConfig, GroupId> for Transport {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let size = snapshot.snapshot.len() as u64;
         let request = (vote, snapshot.meta, snapshot.snapshot);
         let send = self.raft_call(target, group_id, op::SNAPSHOT, &request, &option);
         tokio::select! {
-            result = send => result.map_err(|e| match e {
+            result = send => result.inspect(|_| {
+                self.snapshot_bytes_sent.fetch_add(size, Ordering::Relaxed);
+            }).map_err(|e| match e {
                 RPCError::Unreachable(u) => StreamingError::Unreachable(u),
                 RPCError::Network(n) => StreamingError::Network(n),
                 other => StreamingError::Network(NetworkError::from_string(other.to_string())),

@@ -29,8 +29,16 @@ impl NodeProcess {
             .expect("dcache-node starts");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        // Each node's log goes to a file under target/tmp for post-mortems.
+        let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("node-logs");
+        let _ = std::fs::create_dir_all(&log_dir);
+        let mut log = std::fs::File::create(log_dir.join(format!("{}.log", child.id()))).ok();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(log) = log.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(log, "{line}");
+                }
                 if line.contains("dcache-node serving") {
                     let field = |name: &str| {
                         line.split(&format!(" {name}="))
@@ -73,49 +81,57 @@ impl Drop for NodeProcess {
 
 /// Raft timing for tests: short enough to fail over quickly, long enough for a loaded
 /// two-core CI machine.
-pub const HEARTBEAT: &str = "200ms";
-pub const ELECTION_TIMEOUT: Duration = Duration::from_millis(1000);
+pub const HEARTBEAT: &str = "300ms";
+pub const ELECTION_TIMEOUT: Duration = Duration::from_millis(1500);
 pub const PARTITIONS: u32 = 16;
 
 pub struct TestCluster {
     pub nodes: Vec<NodeProcess>,
     pub client: reqwest::Client,
+    pub partitions: u32,
 }
 
 impl TestCluster {
+    /// Starts one cluster node process named `node-{index}`.
+    pub fn start_node(index: usize, partitions: u32) -> NodeProcess {
+        let election = format!("{}ms", ELECTION_TIMEOUT.as_millis());
+        let partitions = partitions.to_string();
+        NodeProcess::start(&[
+            "--raft-listen",
+            "127.0.0.1:0",
+            "--node-id",
+            &format!("node-{index}"),
+            "--partitions",
+            &partitions,
+            "--raft-heartbeat",
+            HEARTBEAT,
+            "--raft-election-timeout",
+            &election,
+            "--balance-interval",
+            "300ms",
+            "--max-moves-per-node",
+            "8",
+            "--enable-fault-injection",
+        ])
+    }
+
     /// Starts `n` cluster nodes and initialises them as one cluster.
     pub async fn start(n: usize) -> Self {
-        let election = format!("{}ms", ELECTION_TIMEOUT.as_millis());
-        let partitions = PARTITIONS.to_string();
-        let nodes: Vec<NodeProcess> = (0..n)
-            .map(|i| {
-                NodeProcess::start(&[
-                    "--raft-listen",
-                    "127.0.0.1:0",
-                    "--node-id",
-                    &format!("node-{i}"),
-                    "--partitions",
-                    &partitions,
-                    "--raft-heartbeat",
-                    HEARTBEAT,
-                    "--raft-election-timeout",
-                    &election,
-                    "--enable-fault-injection",
-                ])
-            })
-            .collect();
+        Self::start_with(n, PARTITIONS).await
+    }
+
+    /// Starts `n` cluster nodes with `partitions` partitions as one cluster.
+    pub async fn start_with(n: usize, partitions: u32) -> Self {
+        let nodes: Vec<NodeProcess> = (0..n).map(|i| Self::start_node(i, partitions)).collect();
         let cluster = Self {
+            partitions,
             nodes,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(15))
                 .build()
                 .unwrap(),
         };
-        let members: Vec<Value> = cluster
-            .nodes
-            .iter()
-            .map(|n| json!({"name": n.name, "api_addr": n.api, "raft_addr": n.raft}))
-            .collect();
+        let members = cluster.members(&(0..n).collect::<Vec<_>>());
         let init = cluster
             .client
             .post(cluster.nodes[0].url("/cluster/init"))
@@ -159,12 +175,26 @@ impl TestCluster {
 
     /// Sets `key` through `node`; true if acknowledged.
     pub async fn set(&self, node: usize, key: &str, value: &Value) -> bool {
-        self.client
+        self.try_set(node, key, value).await.is_ok()
+    }
+
+    /// Sets `key` through `node`; the error says why it was not acknowledged.
+    pub async fn try_set(&self, node: usize, key: &str, value: &Value) -> Result<(), String> {
+        let response = self
+            .client
             .put(self.nodes[node].url(&format!("/cache/{key}")))
             .json(&json!({"value": value}))
             .send()
             .await
-            .is_ok_and(|r| r.status() == 200)
+            .map_err(|e| e.to_string())?;
+        if response.status() == 200 {
+            return Ok(());
+        }
+        Err(format!(
+            "{}: {}",
+            response.status(),
+            response.text().await.unwrap_or_default()
+        ))
     }
 
     /// Sets `key` through any node, retrying until acknowledged or `within` passes.
@@ -177,10 +207,12 @@ impl TestCluster {
     ) {
         let deadline = Instant::now() + within;
         for attempt in 0.. {
-            if self.set(nodes[attempt % nodes.len()], key, value).await {
-                return;
-            }
-            assert!(Instant::now() < deadline, "set {key} never acknowledged");
+            let result = self.try_set(nodes[attempt % nodes.len()], key, value).await;
+            let Err(e) = result else { return };
+            assert!(
+                Instant::now() < deadline,
+                "set {key} never acknowledged: {e}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -219,5 +251,136 @@ impl TestCluster {
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
+    }
+}
+
+impl TestCluster {
+    fn members(&self, indices: &[usize]) -> Vec<Value> {
+        indices
+            .iter()
+            .map(|&i| {
+                let n = &self.nodes[i];
+                json!({"name": n.name, "api_addr": n.api, "raft_addr": n.raft})
+            })
+            .collect()
+    }
+
+    /// Starts one more node process (not yet a member); returns its index.
+    pub fn add_node(&mut self) -> usize {
+        let index = self.nodes.len();
+        self.nodes.push(Self::start_node(index, self.partitions));
+        index
+    }
+
+    /// Sets the member set to the nodes at `indices`, through `via`.
+    pub async fn set_members(&self, via: usize, indices: &[usize]) {
+        let response = self
+            .client
+            .put(self.nodes[via].url("/cluster/members"))
+            .json(&json!({"members": self.members(indices)}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
+
+    /// Waits until the balancer reports the placement of the current member set
+    /// reached, with no former member left, asking the nodes at `alive`.
+    pub async fn wait_rebalanced(&self, alive: &[usize], within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            for &node in alive {
+                let Ok(response) = self
+                    .client
+                    .get(self.nodes[node].url("/cluster"))
+                    .send()
+                    .await
+                else {
+                    continue;
+                };
+                let Ok(status) = response.json::<Value>().await else {
+                    continue;
+                };
+                let progress = &status["rebalance"];
+                let epoch = status["epoch"].as_u64();
+                if progress["active"] == true
+                    && progress["epoch"].as_u64() == epoch
+                    && progress["replicas_to_move"] == 0
+                    && progress["moving"] == 0
+                    && progress["unknown_groups"] == 0
+                    && status["leaving"].as_array().is_some_and(Vec::is_empty)
+                {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rebalance did not finish within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Each partition's leader, from the nodes at `alive` that host it.
+    pub async fn partition_leaders(&self, alive: &[usize]) -> Vec<Option<String>> {
+        let mut leaders = vec![None; self.partitions as usize];
+        for &node in alive {
+            let status = self.cluster_status(node).await;
+            for (p, partition) in status["partitions"].as_array().unwrap().iter().enumerate() {
+                if leaders[p].is_none() && partition["hosted"] == true {
+                    leaders[p] = partition["leader"].as_str().map(str::to_owned);
+                }
+            }
+        }
+        leaders
+    }
+
+    /// Writes `count` keys `key-{i}` = i through the nodes at `via`, 8 at a time.
+    pub async fn write_keys(&self, via: &[usize], count: usize) {
+        let mut pending = futures_util::stream::FuturesUnordered::new();
+        use futures_util::StreamExt;
+        for i in 0..count {
+            let node = via[i % via.len()];
+            pending.push(async move {
+                self.set_until_acknowledged(
+                    &[node],
+                    &format!("key-{i}"),
+                    &json!(i),
+                    Duration::from_secs(30),
+                )
+                .await
+            });
+            if pending.len() >= 8 {
+                pending.next().await;
+            }
+        }
+        while pending.next().await.is_some() {}
+    }
+
+    /// Reads every `key-{i}` back through the nodes at `via`; panics on a lost key.
+    pub async fn check_keys(&self, via: &[usize], count: usize) {
+        let mut pending = futures_util::stream::FuturesUnordered::new();
+        use futures_util::StreamExt;
+        for i in 0..count {
+            let node = via[i % via.len()];
+            pending.push(async move {
+                let key = format!("key-{i}");
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    match self.get(node, &key, "linearizable").await {
+                        Ok(value) => {
+                            assert_eq!(value, Some(json!(i)), "{key} via node {node}");
+                            return;
+                        }
+                        Err(e) => assert!(Instant::now() < deadline, "{key}: {e}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+            if pending.len() >= 8 {
+                pending.next().await;
+            }
+        }
+        while pending.next().await.is_some() {}
     }
 }
