@@ -22,22 +22,21 @@ async fn leader_of(cluster: &TestCluster, observer: usize, partition: usize) -> 
 async fn writes_through_any_node_and_failover_keeps_them() {
     let mut cluster = TestCluster::start(3).await;
 
+    // Through each node in turn; a 503 while the balancer hands a leadership over is
+    // retried on the same node.
     for i in 0..60 {
         let key = format!("key-{i}");
-        assert!(
-            cluster.set(i % 3, &key, &json!(i)).await,
-            "write {key} through node {}",
-            i % 3
-        );
+        cluster
+            .set_until_acknowledged(&[i % 3], &key, &json!(i), Duration::from_secs(30))
+            .await;
     }
     for node in 0..3 {
         for i in 0..60 {
             let key = format!("key-{i}");
-            assert_eq!(
-                cluster.get(node, &key, "linearizable").await,
-                Ok(Some(json!(i))),
-                "{key} via {node}"
-            );
+            let value = cluster
+                .get_settled(node, &key, "linearizable", Duration::from_secs(30))
+                .await;
+            assert_eq!(value, Some(json!(i)), "{key} via {node}");
         }
     }
 
@@ -78,22 +77,15 @@ async fn writes_through_any_node_and_failover_keeps_them() {
     for &node in &survivors {
         for i in 0..120 {
             let key = format!("key-{i}");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                match cluster.get(node, &key, "linearizable").await {
-                    Ok(value) => {
-                        assert_eq!(
-                            value,
-                            Some(json!(i)),
-                            "{key} via node {node} after failover"
-                        );
-                        break;
-                    }
-                    // 503 while a partition elects: retry, the value must not be lost.
-                    Err(e) => assert!(Instant::now() < deadline, "{key}: {e}"),
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            // 503 while a partition elects is retried; the value must not be lost.
+            let value = cluster
+                .get_settled(node, &key, "linearizable", Duration::from_secs(30))
+                .await;
+            assert_eq!(
+                value,
+                Some(json!(i)),
+                "{key} via node {node} after failover"
+            );
         }
     }
 }
@@ -141,11 +133,10 @@ async fn an_isolated_node_acknowledges_nothing_and_catches_up_when_healed() {
     for i in 0..10 {
         let key = format!("cut-{i}");
         for node in 0..2 {
-            assert_eq!(
-                cluster.get(node, &key, "linearizable").await,
-                Ok(None),
-                "{key} via {node}"
-            );
+            let value = cluster
+                .get_settled(node, &key, "linearizable", Duration::from_secs(30))
+                .await;
+            assert_eq!(value, None, "{key} via {node}");
         }
     }
 }
@@ -230,17 +221,10 @@ async fn history_check_every_acknowledged_write_is_the_latest_value() {
     let survivors = alive.lock().unwrap().clone();
     for &node in &survivors {
         for (key, value) in &expected {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                match c.get(node, key, "linearizable").await {
-                    Ok(actual) => {
-                        assert_eq!(&actual, value, "{key} via node {node}");
-                        break;
-                    }
-                    Err(e) => assert!(Instant::now() < deadline, "{key}: {e}"),
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let actual = c
+                .get_settled(node, key, "linearizable", Duration::from_secs(30))
+                .await;
+            assert_eq!(&actual, value, "{key} via node {node}");
         }
     }
 }

@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use openraft::ChangeMembers;
 use openraft::async_runtime::WatchReceiver;
+use openraft::{ChangeMembers, Instant};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -17,6 +17,8 @@ use super::{GroupId, MemberNode, NodeId};
 
 /// A new member counts as caught up when it is at most this many entries behind.
 const CAUGHT_UP_LAG: u64 = 64;
+/// A member is handed leadership only if it acknowledged a heartbeat this recently.
+const RESPONSIVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the balancer wants a group to look like.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -200,11 +202,32 @@ pub async fn reconcile(
         });
     }
 
-    // 4. Leadership goes to the preferred member, which spreads leaders evenly.
+    // 4. Leadership goes to the preferred member, which spreads leaders evenly, but
+    // only to one that has caught up and answers heartbeats: handing it to an
+    // unreachable member would leave the group refusing writes until the hand-over
+    // times out.
+    let last = metrics.last_log_index.unwrap_or(0);
+    let caught_up = |id: &NodeId| {
+        let matched = metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(id).cloned().flatten())
+            .map_or(0, |log_id| log_id.index);
+        matched + CAUGHT_UP_LAG >= last
+    };
+    let responsive = |id: &NodeId| {
+        metrics
+            .heartbeat
+            .as_ref()
+            .and_then(|acks| acks.get(id).cloned().flatten())
+            .is_some_and(|acked| acked.elapsed() < RESPONSIVE_WITHIN)
+    };
     if let Some(preferred) = request.preferred_leader
         && preferred != groups.id
         && voters.contains(&preferred)
         && request.may_start
+        && caught_up(&preferred)
+        && responsive(&preferred)
     {
         info!(group, to = preferred, "transferring leadership");
         raft.trigger()

@@ -242,6 +242,25 @@ impl TestCluster {
         }
     }
 
+    /// The value of `key` read through `node`, retrying answers like 503 (a partition
+    /// electing or handing over its leader) until `within` passes.
+    pub async fn get_settled(
+        &self,
+        node: usize,
+        key: &str,
+        consistency: &str,
+        within: Duration,
+    ) -> Option<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.get(node, key, consistency).await {
+                Ok(value) => return value,
+                Err(e) => assert!(Instant::now() < deadline, "{key} via node {node}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn isolate(&self, node: usize, isolated: bool) {
         let response = self
             .client
@@ -365,17 +384,10 @@ impl TestCluster {
             let node = via[i % via.len()];
             pending.push(async move {
                 let key = format!("key-{i}");
-                let deadline = Instant::now() + Duration::from_secs(30);
-                loop {
-                    match self.get(node, &key, "linearizable").await {
-                        Ok(value) => {
-                            assert_eq!(value, Some(json!(i)), "{key} via node {node}");
-                            return;
-                        }
-                        Err(e) => assert!(Instant::now() < deadline, "{key}: {e}"),
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                let value = self
+                    .get_settled(node, &key, "linearizable", Duration::from_secs(30))
+                    .await;
+                assert_eq!(value, Some(json!(i)), "{key} via node {node}");
             });
             if pending.len() >= 8 {
                 pending.next().await;
