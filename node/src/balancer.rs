@@ -14,7 +14,6 @@ use tracing::{info, warn};
 use crate::cluster::{Cluster, MAX_CLUSTER_VOTERS};
 use crate::placement::Placement;
 use crate::raft::membership::{ReconcileOutcome, ReconcileRequest};
-use crate::raft::rpc::Identity;
 use crate::raft::transport::op;
 use crate::raft::{
     CLUSTER_GROUP, ClusterCommand, ClusterState, GroupId, MemberNode, NodeId, partition_group,
@@ -370,20 +369,10 @@ impl Cluster {
     /// set changed.
     async fn readmit_restarted_members(&self, state: &ClusterState) -> bool {
         let answers = join_all(state.members.values().map(|member| async move {
-            let url = format!("http://{}/raft/identity", member.node.raft_addr);
-            let identity = async {
-                self.groups
-                    .transport
-                    .http_client()
-                    .get(&url)
-                    .timeout(Duration::from_secs(1))
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json::<Identity>()
-                    .await
-            };
-            (member, identity.await.ok())
+            let identity = self
+                .fetch_identity(&member.node.raft_addr, Duration::from_secs(1))
+                .await;
+            (member, identity.ok())
         }))
         .await;
         let mut members = state.members.clone();

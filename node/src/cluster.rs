@@ -222,25 +222,34 @@ impl Cluster {
         .await
     }
 
+    /// Who answers at the Raft endpoint `raft_addr` now.
+    pub(crate) async fn fetch_identity(
+        &self,
+        raft_addr: &str,
+        timeout: Duration,
+    ) -> Result<Identity, reqwest::Error> {
+        self.groups
+            .transport
+            .http_client()
+            .get(format!("http://{raft_addr}/raft/identity"))
+            .timeout(timeout)
+            .send()
+            .await?
+            .error_for_status()?
+            .json::<Identity>()
+            .await
+    }
+
     async fn identity(
         &self,
         member: &MemberNode,
         deadline: Instant,
     ) -> Result<Identity, AdminError> {
-        let url = format!("http://{}/raft/identity", member.raft_addr);
         loop {
-            let attempt = async {
-                let response = self
-                    .groups
-                    .transport
-                    .http_client()
-                    .get(&url)
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await?;
-                response.error_for_status()?.json::<Identity>().await
-            };
-            match attempt.await {
+            match self
+                .fetch_identity(&member.raft_addr, Duration::from_secs(2))
+                .await
+            {
                 Ok(identity) if identity.node.name == member.name => return Ok(identity),
                 Ok(identity) => {
                     return Err(AdminError::Invalid(format!(
