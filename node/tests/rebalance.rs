@@ -51,15 +51,7 @@ async fn scale_3_to_4_moves_few_leaders_then_drain_back_to_3() {
     // 4 -> 3 by drain: the leaving node hands everything over before it is forgotten.
     cluster.set_members(1, &[0, 1, 2]).await;
     cluster.wait_rebalanced(&[0, 1, 2], REBALANCE_WITHIN).await;
-    let drained: serde_json::Value = cluster
-        .client
-        .get(cluster.nodes[added].url("/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let drained = cluster.get_json(added, "/stats").await;
     assert_eq!(
         drained["partitions_held"], 0,
         "drained node still holds replicas: {drained}"

@@ -162,15 +162,20 @@ impl TestCluster {
         }
     }
 
-    pub async fn cluster_status(&self, node: usize) -> Value {
+    /// The JSON answer of `GET path` on `node`.
+    pub async fn get_json(&self, node: usize, path: &str) -> Value {
         self.client
-            .get(self.nodes[node].url("/cluster"))
+            .get(self.nodes[node].url(path))
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap()
+    }
+
+    pub async fn cluster_status(&self, node: usize) -> Value {
+        self.get_json(node, "/cluster").await
     }
 
     /// Sets `key` through `node`; true if acknowledged.
