@@ -256,7 +256,10 @@ impl Client {
             return Ok(None);
         };
         let Value::Json(json) = entry.value else {
-            return Err(decode_error(key, "it holds raw bytes: read it with get_bytes"));
+            return Err(decode_error(
+                key,
+                "it holds raw bytes: read it with get_bytes",
+            ));
         };
         let value = serde_json::from_value(json).map_err(|e| decode_error(key, e))?;
         Ok(Some(Entry {
@@ -468,7 +471,7 @@ impl Client {
             .timeout(self.inner.options.request_timeout)
             .send()
             .await
-            .map_err(|e| unavailable_once(&self.inner.options, e.to_string()))?;
+            .map_err(|e| unavailable_once(&self.inner.options, error_chain(&e)))?;
         let status = response.status();
         let body = self.body(response).await?;
         if !status.is_success() {
@@ -497,7 +500,7 @@ impl Client {
             .json(body)
             .send()
             .await
-            .map_err(|e| unavailable_once(&self.inner.options, e.to_string()))?;
+            .map_err(|e| unavailable_once(&self.inner.options, error_chain(&e)))?;
         let status = response.status();
         let bytes = self.body(response).await?;
         if !status.is_success() {
@@ -537,7 +540,7 @@ impl Client {
         response
             .bytes()
             .await
-            .map_err(|e| unavailable_once(&self.inner.options, e.to_string()))
+            .map_err(|e| unavailable_once(&self.inner.options, error_chain(&e)))
     }
 
     /// Sends a cache request for `key` to the node that should serve it, retrying
@@ -597,7 +600,7 @@ impl Client {
                     let message = error_message(&self.body(response).await?);
                     return Err(Error::Refused { status, message });
                 }
-                Err(e) => format!("{addr}: {e}"),
+                Err(e) => format!("{addr}: {}", error_chain(&e)),
             };
             debug!(attempt = attempts, %failure, "cache request failed; retrying");
             let pause = backoff(attempts);
@@ -738,6 +741,19 @@ fn backoff(attempt: u32) -> Duration {
     capped.mul_f64(rand::random_range(0.5..1.0))
 }
 
+/// An error and its causes: reqwest's own message leaves out why a request failed
+/// (connection refused, timed out).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn error_message(body: &[u8]) -> String {
     serde_json::from_slice::<ErrorBody>(body)
         .map(|e| e.error)
@@ -798,7 +814,14 @@ mod tests {
             "cache-0.cache:7000"
         );
         assert_eq!(normalize_addr("[::1]:7000").unwrap(), "[::1]:7000");
-        for bad in ["127.0.0.1", "host:", ":7000", "host:0", "host:99999", "a b:1"] {
+        for bad in [
+            "127.0.0.1",
+            "host:",
+            ":7000",
+            "host:0",
+            "host:99999",
+            "a b:1",
+        ] {
             assert!(normalize_addr(bad).is_err(), "{bad} accepted");
         }
     }

@@ -200,9 +200,8 @@ impl LocalCluster {
         if options.nodes == 0 {
             bail!("a local cluster needs at least one node");
         }
-        std::fs::create_dir_all(&options.data_dir).with_context(|| {
-            format!("cannot create data dir {}", options.data_dir.display())
-        })?;
+        std::fs::create_dir_all(&options.data_dir)
+            .with_context(|| format!("cannot create data dir {}", options.data_dir.display()))?;
         let deadline = Instant::now() + options.startup_timeout;
         let mut children = Vec::new();
         let mut nodes = Vec::new();
@@ -289,7 +288,13 @@ impl LocalCluster {
     /// moves replicas onto it; see [`wait_rebalanced`](Self::wait_rebalanced).
     pub async fn add_node(&mut self) -> anyhow::Result<String> {
         let options = self.state.options(&self.data_dir);
-        let index = self.state.nodes.iter().map(|n| n.index + 1).max().unwrap_or(0);
+        let index = self
+            .state
+            .nodes
+            .iter()
+            .map(|n| n.index + 1)
+            .max()
+            .unwrap_or(0);
         let (child, node) = spawn_node(&options, index, Lifetime::TiedToParent)?;
         self.children.push((node.name.clone(), child));
         let name = node.name.clone();
@@ -388,13 +393,14 @@ impl LocalCluster {
     /// Reaps children that exited on their own; returns their names and statuses.
     pub fn exited_children(&mut self) -> Vec<(String, std::process::ExitStatus)> {
         let mut exited = Vec::new();
-        self.children.retain_mut(|(name, child)| match child.try_wait() {
-            Ok(Some(status)) => {
-                exited.push((name.clone(), status));
-                false
-            }
-            _ => true,
-        });
+        self.children
+            .retain_mut(|(name, child)| match child.try_wait() {
+                Ok(Some(status)) => {
+                    exited.push((name.clone(), status));
+                    false
+                }
+                _ => true,
+            });
         exited
     }
 
@@ -501,7 +507,10 @@ async fn set_members(client: &Client, state: &LocalState) -> anyhow::Result<()> 
             Err(e) => failures.push(format!("{addr}: {e}")),
         }
     }
-    bail!("PUT /cluster/members failed everywhere: {}", failures.join("; "))
+    bail!(
+        "PUT /cluster/members failed everywhere: {}",
+        failures.join("; ")
+    )
 }
 
 /// Waits until the merged map has a leader for every partition.
@@ -607,8 +616,8 @@ fn spawn_node(
         }
     };
     let log = options.data_dir.join(format!("{name}.log"));
-    let log_file = std::fs::File::create(&log)
-        .with_context(|| format!("cannot create {}", log.display()))?;
+    let log_file =
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
     let millis = |d: Duration| format!("{}ms", d.as_millis());
     let mut command = Command::new(&options.node_binary);
     command
@@ -629,9 +638,13 @@ fn spawn_node(
         ])
         .args(["--shutdown-timeout", "2s", "--log-format", "text"])
         .env("NO_COLOR", "1")
+        // openraft logs every vote and heartbeat failure at info/warn; a busy laptop
+        // cluster would spend its time writing logs. The node's own info lines stay
+        // (the serving line is read from them).
         .env(
             "RUST_LOG",
-            std::env::var("DCACHE_NODE_LOG").unwrap_or_else(|_| "info".to_owned()),
+            std::env::var("DCACHE_NODE_LOG")
+                .unwrap_or_else(|_| "error,dcache_node=info".to_owned()),
         )
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
@@ -728,7 +741,10 @@ fn wait_or_kill(child: &mut Child, deadline: Instant) {
 fn wait_pid_gone(pid: u32, deadline: Instant) {
     while Instant::now() < deadline {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next());
         if stat.is_empty() || state == Some("Z") {
             return;
         }

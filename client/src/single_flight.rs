@@ -191,11 +191,7 @@ mod tests {
         let flights = Arc::new(SingleFlight::<&str, u64>::new());
         let leader = {
             let flights = flights.clone();
-            tokio::spawn(async move {
-                flights
-                    .run("k", || std::future::pending::<u64>())
-                    .await
-            })
+            tokio::spawn(async move { flights.run("k", std::future::pending::<u64>).await })
         };
         tokio::task::yield_now().await;
         assert_eq!(flights.in_flight(), 1, "the leader is running");

@@ -136,7 +136,10 @@ impl OpStats {
     }
 
     fn record(&mut self, started: Instant) {
-        let micros = started.elapsed().as_micros().clamp(1, u128::from(MAX_LATENCY_US)) as u64;
+        let micros = started
+            .elapsed()
+            .as_micros()
+            .clamp(1, u128::from(MAX_LATENCY_US)) as u64;
         self.latency_us.saturating_record(micros);
     }
 

@@ -15,7 +15,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
         None => run_foreground(args).await,
         Some(LocalAction::AddNode { timeout }) => {
             let node = local::add_node_to_recorded(&args.data_dir).await?;
-            println!(
+            eprintln!(
                 "added {} (api {}, raft {}, pid {}); rebalancing…",
                 node.name, node.api_addr, node.raft_addr, node.pid
             );
@@ -29,7 +29,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(LocalAction::RemoveNode { id, timeout }) => {
-            println!("draining {}…", id.as_deref().unwrap_or("the newest node"));
+            eprintln!("draining {}…", id.as_deref().unwrap_or("the newest node"));
             let node =
                 local::remove_node_from_recorded(&args.data_dir, id.as_deref(), timeout).await?;
             println!("removed {}: drained and stopped", node.name);

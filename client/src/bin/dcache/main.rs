@@ -208,7 +208,9 @@ fn parse_ratio(text: &str) -> Result<bench::Ratio, String> {
     let gets: u32 = gets.trim().parse().map_err(|_| malformed())?;
     let sets: u32 = sets.trim().parse().map_err(|_| malformed())?;
     if gets == 0 && sets == 0 {
-        return Err(format!("{text:?}: at least one side of the ratio must be above zero"));
+        return Err(format!(
+            "{text:?}: at least one side of the ratio must be above zero"
+        ));
     }
     Ok(bench::Ratio { gets, sets })
 }
@@ -250,9 +252,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let explicit_nodes = cli.nodes.clone();
-    let nodes = cli
-        .nodes
-        .unwrap_or_else(|| vec![DEFAULT_NODES.to_owned()]);
+    let nodes = cli.nodes.unwrap_or_else(|| vec![DEFAULT_NODES.to_owned()]);
     match cli.command {
         Command::Get { key, consistency } => {
             let consistency = match consistency {

@@ -17,7 +17,11 @@ fn client(nodes: &[String], consistency: Consistency) -> anyhow::Result<Client> 
         .build()?)
 }
 
-pub async fn get(nodes: &[String], key: &str, consistency: Consistency) -> anyhow::Result<ExitCode> {
+pub async fn get(
+    nodes: &[String],
+    key: &str,
+    consistency: Consistency,
+) -> anyhow::Result<ExitCode> {
     let client = client(nodes, consistency)?;
     match client.get_value(key).await? {
         None => {
@@ -100,7 +104,17 @@ pub async fn stats(nodes: &[String]) -> anyhow::Result<ExitCode> {
     .await;
     println!(
         "{:<12} {:<22} {:>9} {:>11} {:>10} {:>10} {:>7} {:>9} {:>9} {:>5} {:>5}",
-        "node", "address", "keys", "bytes", "hits", "misses", "hit%", "sets", "evictions", "led", "held"
+        "node",
+        "address",
+        "keys",
+        "bytes",
+        "hits",
+        "misses",
+        "hit%",
+        "sets",
+        "evictions",
+        "led",
+        "held"
     );
     let mut total = Stats::default();
     let mut failed = false;
@@ -143,11 +157,19 @@ pub async fn stats(nodes: &[String]) -> anyhow::Result<ExitCode> {
         total.bytes,
         total.hits,
         total.misses,
-        if reads == 0 { 0.0 } else { total.hits as f64 * 100.0 / reads as f64 },
+        if reads == 0 {
+            0.0
+        } else {
+            total.hits as f64 * 100.0 / reads as f64
+        },
         total.sets,
         total.evictions
     );
-    Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 pub async fn cluster(nodes: &[String]) -> anyhow::Result<ExitCode> {
@@ -178,7 +200,9 @@ pub fn render_cluster(map: &PartitionMap, views: &[ClusterStatus]) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let newest = views.iter().max_by_key(|v| v.epoch);
-    let cluster_id = newest.and_then(|v| v.cluster_id.clone()).unwrap_or_default();
+    let cluster_id = newest
+        .and_then(|v| v.cluster_id.clone())
+        .unwrap_or_default();
     let cluster_leader = newest
         .and_then(|v| v.cluster_leader.clone())
         .unwrap_or_else(|| "(none)".into());
@@ -200,8 +224,8 @@ pub fn render_cluster(map: &PartitionMap, views: &[ClusterStatus]) -> String {
     let _ = writeln!(out, "\nMEMBERS");
     let _ = writeln!(
         out,
-        "{:<12} {:<22} {:<22} {:>8} {:>9}  {}",
-        "name", "api", "raft", "leader of", "replicas", "leader share"
+        "{:<12} {:<22} {:<22} {:>8} {:>9}  leader share",
+        "name", "api", "raft", "leader of", "replicas"
     );
     for (name, member) in map.members() {
         let led = leaders.get(name).copied().unwrap_or(0);
@@ -223,7 +247,11 @@ pub fn render_cluster(map: &PartitionMap, views: &[ClusterStatus]) -> String {
     }
 
     let _ = writeln!(out, "\nPARTITIONS");
-    let _ = writeln!(out, "{:>4}  {:<12} {:>5}  replicas (placement)", "id", "leader", "term");
+    let _ = writeln!(
+        out,
+        "{:>4}  {:<12} {:>5}  replicas (placement)",
+        "id", "leader", "term"
+    );
     for partition in 0..map.partitions() {
         let leader = map.leader(partition).unwrap_or("(none)");
         let term = views
