@@ -22,6 +22,9 @@ use crate::single_flight::SingleFlight;
 /// Header with the remaining TTL (whole seconds) of a raw-bytes value.
 const TTL_HEADER: &str = "x-dcache-ttl";
 
+/// How long one node may take to answer `GET /cluster` during a map refresh.
+const MAP_FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Key bytes left as they are in the request path; everything else is
 /// percent-encoded, so any byte string is a valid key.
 const KEY_ENCODE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
@@ -459,16 +462,29 @@ impl Client {
 
     /// `GET /cluster` of the node at `addr`.
     pub async fn cluster_view(&self, addr: &str) -> Result<ClusterStatus> {
-        self.get_json_from(addr, "/cluster").await
+        // Short: a map refresh asks every node at once and must not wait long on
+        // one that is down.
+        let timeout = self.inner.options.request_timeout.min(MAP_FETCH_TIMEOUT);
+        self.get_json_within(addr, "/cluster", timeout).await
     }
 
     /// `GET path` on the node at `addr`, decoded from JSON; one attempt, no retry.
     pub async fn get_json_from<T: DeserializeOwned>(&self, addr: &str, path: &str) -> Result<T> {
+        self.get_json_within(addr, path, self.inner.options.request_timeout)
+            .await
+    }
+
+    async fn get_json_within<T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<T> {
         let response = self
             .inner
             .http
             .get(format!("http://{addr}{path}"))
-            .timeout(self.inner.options.request_timeout)
+            .timeout(timeout)
             .send()
             .await
             .map_err(|e| unavailable_once(&self.inner.options, error_chain(&e)))?;

@@ -211,11 +211,10 @@ impl LocalCluster {
             nodes.push(node);
         }
         let mut cluster = Self::from_parts(&options, nodes, children)?;
-        for index in 0..cluster.state.nodes.len() {
-            let node = &cluster.state.nodes[index];
-            let (api, raft) = wait_serving(&node.log, &node.name, deadline)?;
-            cluster.state.nodes[index].api_addr = api;
-            cluster.state.nodes[index].raft_addr = raft;
+        for (node, (_, child)) in cluster.state.nodes.iter_mut().zip(&mut cluster.children) {
+            let (api, raft) = wait_serving(&node.log, &node.name, child, deadline)?;
+            node.api_addr = api;
+            node.raft_addr = raft;
         }
         cluster.client = client_for(&cluster.state.api_addrs())?;
         let members: Vec<MemberNode> = cluster.state.nodes.iter().map(|n| n.member()).collect();
@@ -295,15 +294,15 @@ impl LocalCluster {
             .map(|n| n.index + 1)
             .max()
             .unwrap_or(0);
-        let (child, node) = spawn_node(&options, index, Lifetime::TiedToParent)?;
-        self.children.push((node.name.clone(), child));
-        let name = node.name.clone();
-        self.state.nodes.push(node);
+        let (mut child, mut node) = spawn_node(&options, index, Lifetime::TiedToParent)?;
         let deadline = Instant::now() + options.startup_timeout;
-        let last = self.state.nodes.len() - 1;
-        let (api, raft) = wait_serving(&self.state.nodes[last].log, &name, deadline)?;
-        self.state.nodes[last].api_addr = api;
-        self.state.nodes[last].raft_addr = raft;
+        let serving = wait_serving(&node.log, &node.name, &mut child, deadline);
+        let name = node.name.clone();
+        self.children.push((name.clone(), child));
+        let (api, raft) = serving?;
+        node.api_addr = api;
+        node.raft_addr = raft;
+        self.state.nodes.push(node);
         set_members(&self.client, &self.state).await?;
         self.client = client_for(&self.state.api_addrs())?;
         self.state.save(&self.data_dir)?;
@@ -426,10 +425,11 @@ pub async fn add_node_to_recorded(data_dir: &Path) -> anyhow::Result<LocalNodeSt
     let mut state = LocalState::load(data_dir)?;
     let options = state.options(data_dir);
     let index = state.nodes.iter().map(|n| n.index + 1).max().unwrap_or(0);
-    // Not a child to wait for: the node outlives this command by design.
-    let (_child, mut node) = spawn_node(&options, index, Lifetime::Detached)?;
+    // Dropping the Child handle neither kills nor waits: the node outlives this
+    // command by design, and the foreground runner stops it by pid.
+    let (mut child, mut node) = spawn_node(&options, index, Lifetime::Detached)?;
     let deadline = Instant::now() + options.startup_timeout;
-    let (api, raft) = wait_serving(&node.log, &node.name, deadline)?;
+    let (api, raft) = wait_serving(&node.log, &node.name, &mut child, deadline)?;
     node.api_addr = api;
     node.raft_addr = raft;
     let client = client_for(&state.api_addrs())?;
@@ -689,7 +689,12 @@ fn spawn_node(
 
 /// Waits for the node's "dcache-node serving" log line; returns its API and Raft
 /// addresses.
-fn wait_serving(log: &Path, name: &str, deadline: Instant) -> anyhow::Result<(String, String)> {
+fn wait_serving(
+    log: &Path,
+    name: &str,
+    child: &mut Child,
+    deadline: Instant,
+) -> anyhow::Result<(String, String)> {
     loop {
         let mut text = String::new();
         if let Ok(mut file) = std::fs::File::open(log) {
@@ -707,12 +712,36 @@ fn wait_serving(log: &Path, name: &str, deadline: Instant) -> anyhow::Result<(St
                 _ => Err(anyhow!("{name} logged no addresses: {line}")),
             };
         }
-        if Instant::now() >= deadline {
-            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+        // What the node said last, or from its fatal error on if it printed one (the
+        // backtrace after the cause is noise here).
+        let tail = || {
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines
+                .iter()
+                .position(|l| l.starts_with("Error:"))
+                .unwrap_or(lines.len().saturating_sub(5));
+            lines[from..]
+                .iter()
+                .take_while(|l| !l.starts_with("Stack backtrace"))
+                .take(8)
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        // A node that cannot bind its port (or has a bad flag) exits at once: say so
+        // now rather than at the deadline.
+        if let Ok(Some(status)) = child.try_wait() {
             bail!(
-                "{name} did not start serving in time (log {}): {}",
+                "{name} exited ({status}) before serving; its log {}:\n{}",
                 log.display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                tail()
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{name} did not start serving in time; its log {}:\n{}",
+                log.display(),
+                tail()
             );
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -223,6 +223,12 @@ fn parse_positive_float(text: &str) -> Result<f64, String> {
 }
 
 fn main() -> ExitCode {
+    // Like other command-line tools, end quietly when the reader of our output goes
+    // away (`dcache cluster | head`) instead of failing to print.
+    // SAFETY: called before any thread starts; SIG_DFL is always a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

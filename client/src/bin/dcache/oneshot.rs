@@ -13,7 +13,9 @@ use dcache_protocol::wire::Stats;
 fn client(nodes: &[String], consistency: Consistency) -> anyhow::Result<Client> {
     Ok(Client::builder(nodes.iter().cloned())
         .read_consistency(consistency)
-        .deadline(Duration::from_secs(10))
+        // Long enough to ride out a leader election, short enough that a command
+        // aimed at a cluster that is not running says so promptly.
+        .deadline(Duration::from_secs(5))
         .build()?)
 }
 
