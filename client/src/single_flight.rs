@@ -22,7 +22,10 @@ use tokio::sync::watch;
 ///
 /// let flights: SingleFlight<&str, u32> = SingleFlight::new();
 /// let (a, b) = tokio::join!(
-///     flights.run("answer", || async { 42 }),
+///     flights.run("answer", || async {
+///         tokio::task::yield_now().await; // still running when the second call comes
+///         42
+///     }),
 ///     flights.run("answer", || async { unreachable!("coalesced into the first call") }),
 /// );
 /// assert_eq!((a, b), (42, 42));
