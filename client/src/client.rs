@@ -650,7 +650,11 @@ impl Client {
         }
         let map = match self.current_map() {
             Some(map) => Some(map),
-            None => self.refresh_map().await.ok(),
+            None => {
+                // Many first requests at once fetch the map once between them.
+                self.refresh_after_failure(version).await;
+                self.current_map()
+            }
         };
         if let Some(map) = &map {
             if map.fetched_at().elapsed() > options.map_max_age {

@@ -479,6 +479,24 @@ pub async fn remove_node_from_recorded(
     Ok(node)
 }
 
+/// Stops the nodes recorded in `state` that still run; returns how many there were.
+pub fn stop_recorded_nodes(state: &LocalState) -> usize {
+    let running: Vec<u32> = state
+        .nodes
+        .iter()
+        .map(|n| n.pid)
+        .filter(|&pid| is_node_process(pid))
+        .collect();
+    for &pid in &running {
+        terminate(pid);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for &pid in &running {
+        wait_pid_gone(pid, deadline);
+    }
+    running.len()
+}
+
 fn client_for(addrs: &[String]) -> anyhow::Result<Client> {
     Ok(Client::builder(addrs.iter().cloned())
         .request_timeout(Duration::from_secs(5))

@@ -39,14 +39,20 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_foreground(args: LocalArgs) -> anyhow::Result<ExitCode> {
-    if let Ok(state) = LocalState::load(&args.data_dir)
-        && let Some(pid) = state.runner_pid.filter(|&pid| process_alive(pid))
-    {
-        bail!(
-            "a local cluster already runs from {} (dcache local, pid {pid}); stop it first \
-             or pass another --data-dir",
-            args.data_dir.display()
-        );
+    if let Ok(state) = LocalState::load(&args.data_dir) {
+        if let Some(pid) = state.runner_pid.filter(|&pid| process_alive(pid)) {
+            bail!(
+                "a local cluster already runs from {} (dcache local, pid {pid}); stop it \
+                 first or pass another --data-dir",
+                args.data_dir.display()
+            );
+        }
+        // A runner that was killed outright leaves behind the nodes that `add-node`
+        // started (its own children died with it).
+        let stopped = local::stop_recorded_nodes(&state);
+        if stopped > 0 {
+            eprintln!("stopped {stopped} nodes left over from an earlier local cluster");
+        }
     }
     let mut options = LocalOptions::new(
         usize::from(args.nodes),
