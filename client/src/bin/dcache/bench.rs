@@ -399,6 +399,7 @@ pub async fn command(nodes: &[String], args: BenchArgs) -> anyhow::Result<ExitCo
     let workload = Workload::from_args(&args);
     let client = Client::builder(nodes.iter().cloned())
         .routing(args.mode.routing())
+        .read_consistency(args.consistency.into())
         .max_idle_connections_per_node(args.connections as usize)
         .connect()
         .await?;
@@ -410,6 +411,7 @@ pub async fn command(nodes: &[String], args: BenchArgs) -> anyhow::Result<ExitCo
     if args.json {
         let output = json!({
             "mode": args.mode.name(),
+            "consistency": args.consistency.name(),
             "connections": args.connections,
             "value_size": args.value_size,
             "ratio": format!("{}:{}", args.ratio.gets, args.ratio.sets),
@@ -428,8 +430,9 @@ pub async fn command(nodes: &[String], args: BenchArgs) -> anyhow::Result<ExitCo
         println!("{}", serde_json::to_string_pretty(&output)?);
     } else {
         println!(
-            "mode {}, {} connections, {}-byte values, ratio {}:{}, {} keys ({})",
+            "mode {}, {} reads, {} connections, {}-byte values, ratio {}:{}, {} keys ({})",
             args.mode.name(),
+            args.consistency.name(),
             args.connections,
             args.value_size,
             args.ratio.gets,

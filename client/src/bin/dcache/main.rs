@@ -75,6 +75,24 @@ enum ConsistencyArg {
     Local,
 }
 
+impl ConsistencyArg {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Linearizable => "linearizable",
+            Self::Local => "local",
+        }
+    }
+}
+
+impl From<ConsistencyArg> for dcache_client::Consistency {
+    fn from(consistency: ConsistencyArg) -> Self {
+        match consistency {
+            ConsistencyArg::Linearizable => Self::Linearizable,
+            ConsistencyArg::Local => Self::Local,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct LocalArgs {
     #[command(subcommand)]
@@ -151,6 +169,10 @@ struct BenchArgs {
     /// first node, which forwards.
     #[arg(long, value_enum, default_value_t = bench::Mode::Smart)]
     mode: bench::Mode,
+    /// Consistency of the gets: `local` reads from any replica, skipping the leader's
+    /// read-index round.
+    #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+    consistency: ConsistencyArg,
     /// Write the keyspace once before the run, so that gets hit.
     #[arg(long)]
     preload: bool,
@@ -260,13 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let explicit_nodes = cli.nodes.clone();
     let nodes = cli.nodes.unwrap_or_else(|| vec![DEFAULT_NODES.to_owned()]);
     match cli.command {
-        Command::Get { key, consistency } => {
-            let consistency = match consistency {
-                ConsistencyArg::Linearizable => dcache_client::Consistency::Linearizable,
-                ConsistencyArg::Local => dcache_client::Consistency::Local,
-            };
-            oneshot::get(&nodes, &key, consistency).await
-        }
+        Command::Get { key, consistency } => oneshot::get(&nodes, &key, consistency.into()).await,
         Command::Set {
             key,
             value,
