@@ -641,7 +641,7 @@ impl Client {
     /// choice came from.
     async fn target(&self, key: &[u8], attempt: u32) -> (String, u64) {
         let options = &self.inner.options;
-        let version = self.inner.map_version.load(Ordering::Acquire);
+        let mut version = self.inner.map_version.load(Ordering::Acquire);
         if options.routing == Routing::FirstNode {
             // The first node, unless it keeps failing: then the others in turn.
             let seeds = &self.inner.seeds;
@@ -653,6 +653,7 @@ impl Client {
             None => {
                 // Many first requests at once fetch the map once between them.
                 self.refresh_after_failure(version).await;
+                version = self.inner.map_version.load(Ordering::Acquire);
                 self.current_map()
             }
         };
