@@ -5,7 +5,7 @@ CARGO ?= cargo
 RELEASE_DIR := target/release
 NODE_PORT ?= 7000
 
-.PHONY: run local demo test lint fmt build release bench bench-node bench-memory bench-eviction clean
+.PHONY: run local demo test lint fmt build release bench bench-node bench-reads bench-memory bench-eviction clean
 
 ## run: build and start one cache node in the foreground on 127.0.0.1:$(NODE_PORT)
 run: release
@@ -38,11 +38,16 @@ release:
 	$(CARGO) build --release --locked -p dcache-node -p dcache-client
 
 ## bench: every benchmark program; figures go to bench/results/
-bench: bench-eviction bench-memory bench-node
+bench: bench-eviction bench-memory bench-node bench-reads
 
 ## bench-node: wrk against one node and against a trivial nginx (the HTTP ceiling)
 bench-node: release
 	bash bench/node.sh
+
+## bench-reads: a 3-node cluster: linearizable reads by read-index vs leader lease,
+## against local reads and replicated writes
+bench-reads: release
+	bash bench/reads.sh
 
 ## bench-memory: 1 GiB of distinct 1 KiB values into a 64 MiB budget; RSS measured
 bench-memory: release

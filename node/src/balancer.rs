@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cluster::{Cluster, MAX_CLUSTER_VOTERS};
+use crate::lost::LEADERLESS_BEFORE_CHECK;
 use crate::placement::Placement;
 use crate::raft::membership::{ReconcileOutcome, ReconcileRequest};
 use crate::raft::transport::op;
@@ -35,6 +36,8 @@ pub struct BalancerState {
     moving: BTreeSet<GroupId>,
     /// When each group was last seen moving (a step, or its leadership handed over).
     transfers: HashMap<GroupId, Instant>,
+    /// Since when each group has had no leader the balancer could reach.
+    leaderless_since: HashMap<GroupId, Instant>,
     moved: u64,
     rounds: u64,
     /// The placement being worked toward, fixed per cluster-state epoch so that the
@@ -91,7 +94,7 @@ impl Cluster {
 
     pub fn rebalance_progress(&self) -> RebalanceProgress {
         let mut progress = self.balancer().progress.clone();
-        progress.bytes_moved = self.groups.transport.snapshot_bytes_sent();
+        progress.bytes_moved = self.groups.transport.counters.snapshot_bytes_sent.get();
         progress
     }
 
@@ -130,7 +133,7 @@ impl Cluster {
         }))
         .await;
 
-        let drained = {
+        let (drained, overdue) = {
             let mut balancer = self.balancer();
             let mut unknown = 0;
             for (group, outcome) in outcomes {
@@ -140,9 +143,14 @@ impl Cluster {
                     Some(ReconcileOutcome::Waiting { voters }) => (voters, false),
                     Some(ReconcileOutcome::NotLeader(_)) | None => {
                         unknown += 1;
+                        balancer
+                            .leaderless_since
+                            .entry(group)
+                            .or_insert_with(Instant::now);
                         continue;
                     }
                 };
+                balancer.leaderless_since.remove(&group);
                 let voters: BTreeSet<NodeId> = voters.into_iter().collect();
                 if let Some(before) = balancer.voters.get(&group) {
                     balancer.moved += voters.difference(before).count() as u64;
@@ -196,8 +204,18 @@ impl Cluster {
                 leaving,
                 unknown_groups: unknown,
             };
-            drained
+            let overdue: Vec<GroupId> = balancer
+                .leaderless_since
+                .iter()
+                .filter(|(_, since)| since.elapsed() >= LEADERLESS_BEFORE_CHECK)
+                .map(|(group, _)| *group)
+                .collect();
+            (drained, overdue)
         };
+        if !overdue.is_empty() {
+            self.reform_lost_partitions(&state, &placement, &overdue)
+                .await;
+        }
 
         for name in drained {
             info!(member = %name, "former member holds no replica any more; forgetting it");

@@ -12,17 +12,21 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::balancer::{BalancerState, RebalanceProgress};
-use crate::raft::cluster_state::Member;
+use crate::raft::cluster_state::{LostPartition, Member};
 use crate::raft::groups::{Groups, WriteRefused};
 use crate::raft::rpc::{Identity, WriteOutcome};
 use crate::raft::transport::op;
 use crate::raft::{
     CLUSTER_GROUP, ClusterCommand, ClusterState, Command, CommandResult, GroupId, MemberNode,
-    NodeId, partition_group,
+    NodeId, TypeConfig, partition_group,
 };
 
 /// Voters of the cluster group at most; further members follow it as learners.
 pub const MAX_CLUSTER_VOTERS: usize = 5;
+
+/// How far (in log entries) a replica may trail the cluster's commit and still count as
+/// caught up for `/ready`: entries keep arriving while it is asked.
+pub const READY_LAG: u64 = 64;
 
 /// How long admin calls keep retrying a cluster that is still electing leaders.
 const ADMIN_DEADLINE: Duration = Duration::from_secs(20);
@@ -116,6 +120,7 @@ impl Cluster {
             members,
             leaving: BTreeMap::new(),
             epoch: 1,
+            lost: Vec::new(),
         };
 
         let voters: BTreeMap<NodeId, MemberNode> = state
@@ -271,19 +276,26 @@ impl Cluster {
         }
     }
 
-    async fn initialize_group(
+    pub(crate) async fn initialize_group(
         &self,
         at: &MemberNode,
         group: GroupId,
         members: &BTreeMap<NodeId, MemberNode>,
         deadline: Instant,
     ) -> Result<(), AdminError> {
+        // Meant for the incarnation named in `members`: a node that restarted since
+        // must not start the group under a membership that does not hold it.
+        let incarnation = members
+            .iter()
+            .find(|(_, node)| *node == at)
+            .map(|(id, _)| *id);
         loop {
             let sent: Result<(), _> = self
                 .groups
                 .transport
-                .call(
+                .call_incarnation(
                     &at.raft_addr,
+                    incarnation,
                     group,
                     op::INITIALIZE,
                     members,
@@ -471,6 +483,7 @@ impl Cluster {
                 .map(|s| s.members.values().cloned().collect())
                 .unwrap_or_default(),
             partitions,
+            lost_partitions: state.map(|s| s.lost).unwrap_or_default(),
         }
     }
 
@@ -490,14 +503,39 @@ impl Cluster {
         (led, held)
     }
 
-    /// Joined, and every hosted partition has a leader.
-    pub fn is_ready(&self) -> bool {
-        self.state().is_some()
-            && self
-                .groups
-                .initialized()
-                .values()
-                .all(|raft| raft.metrics().borrow_watched().current_leader.is_some())
+    /// Why this node is not ready, if it is not: ready means joined, and every replica
+    /// held here knows its leader and has applied what the cluster has committed
+    /// (within [`READY_LAG`] entries).
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if self.state().is_none() {
+            return Some("not yet a member of an initialised cluster".into());
+        }
+        let index = |log_id: Option<openraft::type_config::alias::LogIdOf<TypeConfig>>| {
+            log_id.map_or(0, |id| id.index)
+        };
+        self.groups.initialized().iter().find_map(|(group, raft)| {
+            let metrics = raft.metrics().borrow_watched().clone();
+            let name = group_name(*group);
+            let applied = index(metrics.last_applied);
+            let committed = index(metrics.cluster_committed);
+            if metrics.current_leader.is_none() {
+                Some(format!("{name} has no leader"))
+            } else if applied + READY_LAG < committed {
+                Some(format!(
+                    "{name} is catching up: applied {applied} of {committed} committed entries"
+                ))
+            } else {
+                None
+            }
+        })
+    }
+}
+
+/// A group as people call it.
+pub fn group_name(group: GroupId) -> String {
+    match crate::raft::group_partition(group) {
+        None => "the cluster group".into(),
+        Some(partition) => format!("partition {partition}"),
     }
 }
 
@@ -552,6 +590,8 @@ pub struct ClusterStatus {
     pub raft_id: NodeId,
     pub members: Vec<Member>,
     pub partitions: Vec<PartitionStatus>,
+    /// Partitions that lost every replica and were re-formed empty: data was lost.
+    pub lost_partitions: Vec<LostPartition>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -66,6 +66,20 @@ pub struct NodeConfig {
     #[arg(long, env = "DCACHE_RAFT_ELECTION_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub raft_election_timeout: Duration,
 
+    /// A partition takes a snapshot of its data after this many log entries and
+    /// discards the log before it, but for the last min(N, 1000)/2 entries kept for
+    /// followers that trail a little; a replica further behind catches up from the
+    /// snapshot.
+    #[arg(long, env = "DCACHE_RAFT_SNAPSHOT_ENTRIES", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub raft_snapshot_entries: u64,
+
+    /// How a partition leader makes sure it still leads before a linearizable read:
+    /// `read-index` confirms with a quorum (one heartbeat round, shared by the reads
+    /// waiting at that moment; safe whatever the clocks do) or `lease` trusts its
+    /// lease (no round trip; wrong if a clock jumps). `make bench-reads` compares them.
+    #[arg(long, env = "DCACHE_READ_POLICY", value_enum, default_value_t = ReadPolicy::ReadIndex)]
+    pub read_policy: ReadPolicy,
+
     /// Serve POST /admin/fault, which cuts this node off from its peers (for
     /// partition tests). Never enable in production.
     #[arg(long, env = "DCACHE_ENABLE_FAULT_INJECTION", default_value_t = false)]
@@ -118,6 +132,21 @@ pub struct NodeConfig {
     /// Log line format. The level comes from RUST_LOG (default: info).
     #[arg(long, env = "DCACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReadPolicy {
+    ReadIndex,
+    Lease,
+}
+
+impl From<ReadPolicy> for openraft::ReadPolicy {
+    fn from(policy: ReadPolicy) -> Self {
+        match policy {
+            ReadPolicy::ReadIndex => Self::ReadIndex,
+            ReadPolicy::Lease => Self::LeaseRead,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -7,8 +7,10 @@
 pub mod balancer;
 pub mod clock;
 pub mod cluster;
+pub mod cluster_metrics;
 pub mod config;
 pub mod http;
+pub mod lost;
 pub mod metrics;
 pub mod placement;
 pub mod raft;

@@ -1,7 +1,7 @@
 //! The node's Prometheus metrics, all named `dcache_*`, in a registry of its own so that
 //! several nodes can live in one test process.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
@@ -10,6 +10,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::cluster::Cluster;
+use crate::cluster_metrics::ClusterCollector;
 use crate::store::Store;
 
 /// Request latency buckets, in seconds: 50 µs to 10 s.
@@ -112,6 +114,13 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric, gauges refreshed first.
+    /// Exports what a cluster member knows of its groups and the balancer.
+    pub fn watch_cluster(&self, cluster: Arc<Cluster>) {
+        self.registry
+            .register(Box::new(ClusterCollector::new(cluster)))
+            .expect("cluster metrics registered once");
+    }
+
     pub fn render(&self) -> String {
         let stats = self.store.stats();
         self.keys.set(stats.keys as i64);

@@ -78,6 +78,8 @@ pub fn build_node(
         election_timeout_max: election * 2,
         // A node coming back from a partition must not depose a healthy leader.
         enable_pre_vote: Some(true),
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.raft_snapshot_entries),
+        max_in_snapshot_log_to_keep: config.raft_snapshot_entries.min(1000) / 2,
         ..Default::default()
     }
     .validate()
@@ -85,14 +87,16 @@ pub fn build_node(
     // A fresh Raft identity every start: memory-only state never survives a restart,
     // so the node must never vote under an identity it may have voted with before.
     let raft_id: NodeId = rand::random::<u64>().max(1);
-    let groups = Arc::new(Groups::new(
+    let mut groups = Groups::new(
         raft_id,
         me,
         Arc::new(raft_config),
         Transport::new(),
         store,
         config.partitions,
-    ));
+    );
+    groups.read_policy = config.read_policy.into();
+    let groups = Arc::new(groups);
     let cluster = Cluster::new(
         groups,
         RingSettings {

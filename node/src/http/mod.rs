@@ -71,17 +71,20 @@ impl Node {
 
     /// Makes this node a cluster member: cache requests then go through Raft.
     pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> Self {
+        self.metrics.watch_cluster(cluster.clone());
         self.cluster = Some(cluster);
         self
     }
 
-    /// Serving, and (in a cluster) joined with every hosted partition led.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-            && self
-                .cluster
-                .as_ref()
-                .is_none_or(|cluster| cluster.is_ready())
+    /// Why this node should not get traffic, if it should not: shutting down, or (in a
+    /// cluster) not joined or a replica here not caught up.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Some("shutting down".into());
+        }
+        self.cluster
+            .as_ref()
+            .and_then(|cluster| cluster.not_ready_reason())
     }
 
     /// Marks the node unready, so that load balancers stop sending it new requests

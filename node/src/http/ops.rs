@@ -16,19 +16,13 @@ pub async fn health(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
 }
 
 pub async fn ready(State(node): State<Arc<Node>>) -> Response {
-    if node.is_ready() {
-        Json(json!({"ready": true})).into_response()
-    } else {
-        let message = if node.cluster.is_some() {
-            "not ready: shutting down, not yet joined, or a partition held here has no leader"
-        } else {
-            "not ready: shutting down"
-        };
-        ApiError::Unavailable {
-            message: message.into(),
+    match node.not_ready_reason() {
+        None => Json(json!({"ready": true})).into_response(),
+        Some(reason) => ApiError::Unavailable {
+            message: format!("not ready: {reason}"),
             retry_after_secs: 1,
         }
-        .into_response()
+        .into_response(),
     }
 }
 

@@ -29,6 +29,25 @@ pub struct ClusterState {
     pub leaving: BTreeMap<String, Member>,
     /// Bumped by every change of membership.
     pub epoch: u64,
+    /// Partitions that lost every replica and were re-formed empty, oldest first (the
+    /// last [`LOST_PARTITIONS_KEPT`]).
+    #[serde(default)]
+    pub lost: Vec<LostPartition>,
+}
+
+/// How many records of lost partitions the cluster state keeps.
+pub const LOST_PARTITIONS_KEPT: usize = 100;
+
+/// A partition whose data was lost: every replica gone for good, re-formed empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostPartition {
+    pub partition: u32,
+    /// The cluster state epoch when it was re-formed.
+    pub epoch: u64,
+    /// When it was re-formed, in Unix milliseconds.
+    pub at_unix_ms: u64,
+    /// Why the old replicas could never serve again.
+    pub reason: String,
 }
 
 /// Changes to the cluster state, as replicated commands.
@@ -41,6 +60,8 @@ pub enum ClusterCommand {
     SetMembers(BTreeMap<String, Member>),
     /// Forgets a drained former member.
     Forget(String),
+    /// Records that a partition lost every replica and was re-formed empty.
+    PartitionLost(LostPartition),
 }
 
 impl fmt::Display for ClusterCommand {
@@ -54,6 +75,9 @@ impl fmt::Display for ClusterCommand {
             ),
             Self::SetMembers(members) => write!(f, "set {} members", members.len()),
             Self::Forget(name) => write!(f, "forget drained member {name}"),
+            Self::PartitionLost(lost) => {
+                write!(f, "partition {} lost: {}", lost.partition, lost.reason)
+            }
         }
     }
 }
@@ -102,6 +126,13 @@ impl ClusterState {
             ClusterCommand::Forget(name) => {
                 if let Some(state) = current {
                     state.leaving.remove(name);
+                }
+            }
+            ClusterCommand::PartitionLost(lost) => {
+                if let Some(state) = current {
+                    state.lost.push(lost.clone());
+                    let excess = state.lost.len().saturating_sub(LOST_PARTITIONS_KEPT);
+                    state.lost.drain(..excess);
                 }
             }
         }

@@ -38,6 +38,8 @@ pub struct Groups {
     pub me: MemberNode,
     pub transport: Transport,
     pub partitions: u32,
+    /// How a leader confirms its leadership before a linearizable read.
+    pub read_policy: openraft::ReadPolicy,
     config: Arc<openraft::Config>,
     store: Store,
     cluster: Arc<RwLock<Option<ClusterState>>>,
@@ -59,6 +61,7 @@ impl Groups {
             me,
             transport,
             partitions,
+            read_policy: openraft::ReadPolicy::ReadIndex,
             config,
             store,
             cluster: Arc::default(),
@@ -128,6 +131,9 @@ impl Groups {
         )
         .await
         .map_err(|e| format!("cannot start group {group}: {e}"))?;
+        raft.set_metrics_recorder(Some(self.transport.counters.recorder()))
+            .await
+            .map_err(|e| format!("cannot start group {group}: {e}"))?;
         info!(group, "raft group started");
         self.groups
             .write()
@@ -150,13 +156,10 @@ impl Groups {
     }
 
     /// Waits until a read on this node reflects every write committed before the call
-    /// (read-index), if this node leads `group`.
+    /// (by [`Self::read_policy`]), if this node leads `group`.
     pub async fn linearize(&self, group: GroupId) -> Result<(), WriteRefused> {
         let raft = self.get(group).ok_or(WriteRefused::NotHosted)?;
-        match raft
-            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
-            .await
-        {
+        match raft.ensure_linearizable(self.read_policy.clone()).await {
             Ok(_) => Ok(()),
             Err(error) => match error.forward_to_leader() {
                 Some(forward) => Err(WriteRefused::NotLeader(forward.leader_node.clone())),
@@ -193,6 +196,12 @@ impl Groups {
         }
         info!(group, "dropped this node's copy of the group");
         Ok(true)
+    }
+
+    /// The largest snapshot this node accepts: no partition can hold more than the
+    /// node's whole memory budget.
+    pub fn max_snapshot_bytes(&self) -> u64 {
+        self.store.config().max_memory
     }
 
     /// Whether this node should hold a copy of `group` under the cluster's placement.

@@ -52,6 +52,29 @@ pub struct DropRequest {
     pub removed_at: u64,
 }
 
+/// What a member holds of a group: the voter sets of its membership (two while a
+/// change is in joint consensus; none for a copy not yet replicated to).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyStatus {
+    pub voter_sets: Vec<BTreeSet<NodeId>>,
+}
+
+/// This node's copy of `group`, if it holds one.
+pub fn copy_status(groups: &Groups, group: GroupId) -> Option<CopyStatus> {
+    let raft = groups.get(group)?;
+    let metrics = raft.metrics().borrow_watched().clone();
+    let voter_sets = if metrics.membership_config.log_id().is_some() {
+        metrics
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .clone()
+    } else {
+        Vec::new()
+    };
+    Some(CopyStatus { voter_sets })
+}
+
 pub async fn reconcile(
     groups: &Groups,
     group: GroupId,
@@ -108,6 +131,7 @@ pub async fn reconcile(
             raft.add_learner(id, node, false)
                 .await
                 .map_err(|e| e.to_string())?;
+            groups.transport.counters.membership_changes.inc();
         }
         return Ok(ReconcileOutcome::Moving {
             voters: voter_list(),
@@ -161,6 +185,7 @@ pub async fn reconcile(
                     raft.change_membership(ChangeMembers::ReplaceAllVoters(interim), false)
                         .await
                         .map_err(|e| e.to_string())?;
+                    groups.transport.counters.membership_changes.inc();
                 }
             }
             return Ok(ReconcileOutcome::Moving {
@@ -180,6 +205,7 @@ pub async fn reconcile(
             )
             .await
             .map_err(|e| e.to_string())?;
+        groups.transport.counters.membership_changes.inc();
         release_removed(groups, group, &removed, changed.log_id.index).await;
         return Ok(ReconcileOutcome::Moving {
             voters: desired_voters.into_iter().collect(),
@@ -196,6 +222,7 @@ pub async fn reconcile(
             .change_membership(ChangeMembers::RemoveNodes(extra_learners), false)
             .await
             .map_err(|e| e.to_string())?;
+        groups.transport.counters.membership_changes.inc();
         release_removed(groups, group, &removed, changed.log_id.index).await;
         return Ok(ReconcileOutcome::Moving {
             voters: voter_list(),
@@ -258,8 +285,9 @@ async fn release_removed(
         let request = DropRequest { removed_at };
         let sent: Result<(), _> = groups
             .transport
-            .call(
+            .call_incarnation(
                 &node.raft_addr,
+                Some(*id),
                 group,
                 op::DROP,
                 &request,

@@ -8,10 +8,12 @@
 //! the groups this node hosts.
 
 pub mod cluster_state;
+pub mod counters;
 pub mod groups;
 pub mod log_store;
 pub mod membership;
 pub mod rpc;
+pub mod snapshot;
 pub mod state_machine;
 pub mod transport;
 
@@ -106,8 +108,8 @@ openraft::declare_raft_types!(
 /// A partition's or the cluster's Raft handle.
 pub type GroupRaft = openraft::Raft<TypeConfig, state_machine::GroupStateMachine>;
 
-/// Snapshot bytes: a partition's entries or the cluster state.
-pub type SnapshotData = Vec<u8>;
+/// Snapshot bytes, in bounded chunks: a partition's entries or the cluster state.
+pub type SnapshotData = snapshot::SnapshotChunks;
 
 #[cfg(test)]
 mod tests;

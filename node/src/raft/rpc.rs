@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use openraft::storage::Snapshot;
@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use super::groups::{Groups, WriteRefused};
 use super::membership::{self, DropRequest, ReconcileRequest};
-use super::transport::op;
-use super::{Command, CommandResult, GroupId, MemberNode, NodeId, SnapshotData, TypeConfig};
+use super::snapshot;
+use super::transport::{INCARNATION_HEADER, op};
+use super::{Command, CommandResult, GroupId, MemberNode, NodeId, TypeConfig};
 
 /// Who answers on this Raft endpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +37,10 @@ pub enum WriteOutcome {
 pub fn router(groups: Arc<Groups>) -> Router {
     Router::new()
         .route("/raft/identity", get(identity))
+        .route(
+            &format!("/raft/{{group}}/{}", op::SNAPSHOT),
+            post(receive_snapshot),
+        )
         .route("/raft/{group}/{operation}", post(dispatch))
         .with_state(groups)
 }
@@ -58,17 +63,75 @@ fn answer<T: Serialize>(result: Result<T, String>) -> Response {
     }
 }
 
+/// Refuses traffic while isolated by fault injection, and traffic meant for another
+/// Raft identity (this node's former incarnation on the same address).
+fn refusal(groups: &Groups, headers: &HeaderMap) -> Option<Response> {
+    if groups.transport.is_isolated() {
+        return Some(
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "isolated by fault injection",
+            )
+                .into_response(),
+        );
+    }
+    let meant_for = headers
+        .get(INCARNATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<NodeId>().ok())?;
+    (meant_for != groups.id).then(|| {
+        (
+            StatusCode::GONE,
+            format!(
+                "Raft identity {meant_for} is gone from this address (now {}): the node restarted",
+                groups.id
+            ),
+        )
+            .into_response()
+    })
+}
+
+/// A snapshot streamed in frames (see [`super::snapshot`]), installed once whole.
+async fn receive_snapshot(
+    State(groups): State<Arc<Groups>>,
+    Path(group): Path<GroupId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Some(refused) = refusal(&groups, &headers) {
+        return refused;
+    }
+    let raft = match groups.get_or_create(group, groups.should_host(group)).await {
+        Ok(raft) => raft,
+        Err(e) => return (StatusCode::NOT_FOUND, e).into_response(),
+    };
+    let installed = async {
+        let (header, snapshot) =
+            snapshot::read_frames(body.into_data_stream(), groups.max_snapshot_bytes()).await?;
+        let (vote, meta) = decode::<(VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>)>(&header)?;
+        let size = snapshot.len();
+        let response = raft
+            .install_full_snapshot(vote, Snapshot { meta, snapshot })
+            .await
+            .map_err(|e| e.to_string())?;
+        groups
+            .transport
+            .counters
+            .snapshot_bytes_received
+            .inc_by(size);
+        Ok(response)
+    };
+    answer(installed.await)
+}
+
 async fn dispatch(
     State(groups): State<Arc<Groups>>,
     Path((group, operation)): Path<(GroupId, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if groups.transport.is_isolated() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "isolated by fault injection",
-        )
-            .into_response();
+    if let Some(refused) = refusal(&groups, &headers) {
+        return refused;
     }
     let text = |e: &dyn std::fmt::Display| e.to_string();
     // Operations that act on a copy this node must already hold.
@@ -78,6 +141,12 @@ async fn dispatch(
                 Ok(request) => membership::reconcile(&groups, group, request).await,
                 Err(e) => Err(e),
             });
+        }
+        op::COPY_STATUS => {
+            return answer(Ok::<_, String>((
+                groups.id,
+                membership::copy_status(&groups, group),
+            )));
         }
         op::DROP => {
             return answer(match decode::<DropRequest>(&body) {
@@ -119,15 +188,6 @@ async fn dispatch(
             Ok(rpc) => raft.pre_vote(rpc).await.map_err(|e| text(&e)),
             Err(e) => Err(e),
         }),
-        op::SNAPSHOT => answer(
-            match decode::<(VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>, SnapshotData)>(&body) {
-                Ok((vote, meta, snapshot)) => raft
-                    .install_full_snapshot(vote, Snapshot { meta, snapshot })
-                    .await
-                    .map_err(|e| text(&e)),
-                Err(e) => Err(e),
-            },
-        ),
         op::TRANSFER_LEADER => answer(match decode(&body) {
             Ok(rpc) => raft.handle_transfer_leader(rpc).await.map_err(|e| text(&e)),
             Err(e) => Err(e),

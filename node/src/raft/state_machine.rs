@@ -14,6 +14,7 @@ use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StoredMembership};
 
+use super::snapshot::ChunkWriter;
 use super::{ClusterState, Command, CommandResult, SnapshotData, TypeConfig};
 use crate::store::{Entry, Store};
 
@@ -94,37 +95,37 @@ impl GroupStateMachine {
         }
     }
 
-    fn snapshot_bytes(&self) -> io::Result<SnapshotData> {
+    fn snapshot_data(&self) -> io::Result<SnapshotData> {
+        let mut out = ChunkWriter::default();
         match &self.target {
             Target::Partition {
                 partition,
                 partitions,
                 store,
             } => {
-                let mut out = Vec::new();
                 store.snapshot_partition(*partition, *partitions, &mut out)?;
-                Ok(out)
             }
             Target::Cluster(state) => {
                 let state = state.read().unwrap_or_else(|p| p.into_inner());
-                serde_json::to_vec(&*state).map_err(io::Error::other)
+                serde_json::to_writer(&mut out, &*state).map_err(io::Error::other)?;
             }
         }
+        Ok(out.finish())
     }
 
-    fn restore(&self, data: &[u8]) -> io::Result<()> {
+    fn restore(&self, data: &SnapshotData) -> io::Result<()> {
         match &self.target {
             Target::Partition {
                 partition,
                 partitions,
                 store,
             } => store
-                .restore_partition(*partition, *partitions, data)
+                .restore_partition(*partition, *partitions, data.reader())
                 .map(drop)
                 .map_err(io::Error::other),
             Target::Cluster(state) => {
                 let restored: Option<ClusterState> =
-                    serde_json::from_slice(data).map_err(io::Error::other)?;
+                    serde_json::from_reader(data.reader()).map_err(io::Error::other)?;
                 *state.write().unwrap_or_else(|p| p.into_inner()) = restored;
                 Ok(())
             }
@@ -145,7 +146,7 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
             }
         };
         let machine = self.clone();
-        let data = tokio::task::spawn_blocking(move || machine.snapshot_bytes())
+        let data = tokio::task::spawn_blocking(move || machine.snapshot_data())
             .await
             .map_err(io::Error::other)??;
         let snapshot = Snapshot {

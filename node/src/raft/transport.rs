@@ -6,7 +6,7 @@
 //! the answer is a postcard `Result<Response, String>`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -22,6 +22,8 @@ use openraft_multi::{GroupNetworkAdapter, GroupNetworkFactory, GroupRouter};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::counters::RaftCounters;
+use super::snapshot;
 use super::{GroupId, MemberNode, NodeId, SnapshotData, TypeConfig};
 
 /// Raft RPC operations, as they appear in the URL.
@@ -35,10 +37,18 @@ pub mod op {
     pub const WRITE: &str = "write";
     pub const RECONCILE: &str = "reconcile";
     pub const DROP: &str = "drop";
+    pub const COPY_STATUS: &str = "copy-status";
 }
+
+/// Names the Raft identity a message is meant for.
+pub const INCARNATION_HEADER: &str = "x-dcache-raft-to";
 
 /// Held while an append to one (peer, group) is in flight.
 type AppendTurn = Arc<tokio::sync::Mutex<()>>;
+
+/// The shortest time a snapshot transfer is given, and the time added per MiB.
+const SNAPSHOT_MIN_TIMEOUT: Duration = Duration::from_secs(10);
+const SNAPSHOT_TIME_PER_MIB: Duration = Duration::from_millis(500);
 
 /// The shortest time a Raft RPC is given.
 const MIN_RPC_TIMEOUT: Duration = Duration::from_secs(1);
@@ -61,7 +71,9 @@ pub struct Transport {
     addresses: Arc<RwLock<HashMap<NodeId, String>>>,
     /// Fault injection: an isolated node neither sends nor accepts Raft traffic.
     isolated: Arc<AtomicBool>,
-    snapshot_bytes_sent: Arc<AtomicU64>,
+    /// The node's Raft event counters, reachable from everything that holds the
+    /// transport.
+    pub counters: RaftCounters,
     /// One append in flight per (peer, group): pooled connections would otherwise let
     /// a heartbeat overtake the append before it, and the follower would answer with
     /// a conflict for an entry it is about to receive.
@@ -81,7 +93,7 @@ impl Transport {
             client,
             addresses: Arc::default(),
             isolated: Arc::default(),
-            snapshot_bytes_sent: Arc::default(),
+            counters: RaftCounters::new(),
             append_order: Arc::default(),
         }
     }
@@ -114,11 +126,6 @@ impl Transport {
             .ok_or_else(|| CallError::Unreachable(format!("node {id}"), "address unknown".into()))
     }
 
-    /// Bytes of snapshots this node has sent to new or lagging replicas.
-    pub fn snapshot_bytes_sent(&self) -> u64 {
-        self.snapshot_bytes_sent.load(Ordering::Relaxed)
-    }
-
     pub fn set_isolated(&self, isolated: bool) {
         self.isolated.store(isolated, Ordering::Relaxed);
     }
@@ -140,34 +147,74 @@ impl Transport {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
+        self.call_incarnation(addr, None, group, operation, request, timeout)
+            .await
+    }
+
+    /// Sends one RPC to the Raft endpoint at `addr`, meant for the incarnation `to` if
+    /// given: a node that restarted under a new identity on the same address refuses
+    /// what was meant for its old one, or it would answer in a log it never had.
+    pub async fn call_incarnation<Req, Resp>(
+        &self,
+        addr: &str,
+        to: Option<NodeId>,
+        group: GroupId,
+        operation: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let body = postcard::to_stdvec(request)
+            .map_err(|e| CallError::Failed(addr.into(), e.to_string()))?;
+        self.send(addr, to, group, operation, body.into(), timeout)
+            .await
+    }
+
+    /// Posts `body` to a Raft endpoint and decodes the postcard answer.
+    async fn send<Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        to: Option<NodeId>,
+        group: GroupId,
+        operation: &str,
+        body: reqwest::Body,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
         if self.is_isolated() {
             return Err(CallError::Unreachable(
                 addr.into(),
                 "isolated by fault injection".into(),
             ));
         }
-        let body = postcard::to_stdvec(request)
-            .map_err(|e| CallError::Failed(addr.into(), e.to_string()))?;
-        let response = self
+        let mut post = self
             .client
             .post(format!("http://{addr}/raft/{group}/{operation}"))
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .timeout(timeout)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    CallError::Unreachable(addr.into(), error_chain(&e))
-                } else {
-                    CallError::Failed(addr.into(), error_chain(&e))
-                }
-            })?;
+            .timeout(timeout);
+        if let Some(to) = to {
+            post = post.header(INCARNATION_HEADER, to);
+        }
+        let response = post.body(body).send().await.map_err(|e| {
+            if e.is_connect() {
+                CallError::Unreachable(addr.into(), error_chain(&e))
+            } else {
+                CallError::Failed(addr.into(), error_chain(&e))
+            }
+        })?;
         let status = response.status();
         let bytes = response
             .bytes()
             .await
             .map_err(|e| CallError::Failed(addr.into(), e.to_string()))?;
+        if status == reqwest::StatusCode::GONE {
+            return Err(CallError::Unreachable(
+                addr.into(),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ));
+        }
         if !status.is_success() {
             return Err(CallError::Refused(
                 addr.into(),
@@ -196,7 +243,7 @@ impl Transport {
         // append of many entries can take longer, and a timed-out request costs its
         // pooled connection too, so never wait less than a floor.
         let timeout = option.hard_ttl().max(MIN_RPC_TIMEOUT);
-        self.call(&addr, group, operation, request, timeout)
+        self.call_incarnation(&addr, Some(target), group, operation, request, timeout)
             .await
             .map_err(to_rpc_error)
     }
@@ -283,13 +330,23 @@ impl GroupRouter<TypeConfig, GroupId> for Transport {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let size = snapshot.snapshot.len() as u64;
-        let request = (vote, snapshot.meta, snapshot.snapshot);
-        let send = self.raft_call(target, group_id, op::SNAPSHOT, &request, &option);
+        let size = snapshot.snapshot.len();
+        let send = async {
+            let addr = self.address(target)?;
+            let header = postcard::to_stdvec(&(vote, &snapshot.meta))
+                .map_err(|e| CallError::Failed(addr.clone(), e.to_string()))?;
+            let body =
+                reqwest::Body::wrap_stream(snapshot::frames(header.into(), &snapshot.snapshot));
+            // Streaming takes longer than any other RPC: a floor plus time per MiB.
+            let timeout = option.hard_ttl().max(SNAPSHOT_MIN_TIMEOUT)
+                + SNAPSHOT_TIME_PER_MIB * (size >> 20) as u32;
+            self.send(&addr, Some(target), group_id, op::SNAPSHOT, body, timeout)
+                .await
+        };
         tokio::select! {
             result = send => result.inspect(|_| {
-                self.snapshot_bytes_sent.fetch_add(size, Ordering::Relaxed);
-            }).map_err(|e| match e {
+                self.counters.snapshot_bytes_sent.inc_by(size);
+            }).map_err(|e| match to_rpc_error(e) {
                 RPCError::Unreachable(u) => StreamingError::Unreachable(u),
                 RPCError::Network(n) => StreamingError::Network(n),
                 other => StreamingError::Network(NetworkError::from_string(other.to_string())),

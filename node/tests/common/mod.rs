@@ -17,9 +17,16 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     /// Starts the binary on free loopback ports and waits until it serves.
+    /// Listens on `--listen` if `args` give one, else on a free port.
     pub fn start(args: &[&str]) -> Self {
+        let listen: &[&str] = if args.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_dcache-node"))
-            .args(["--listen", "127.0.0.1:0", "--log-format", "text"])
+            .args(listen)
+            .args(["--log-format", "text"])
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -89,18 +96,30 @@ pub struct TestCluster {
     pub nodes: Vec<NodeProcess>,
     pub client: reqwest::Client,
     pub partitions: u32,
+    /// Flags every node of this cluster starts with, beyond the test defaults.
+    pub extra_args: Vec<String>,
 }
 
 impl TestCluster {
-    /// Starts one cluster node process named `node-{index}`.
-    pub fn start_node(index: usize, partitions: u32) -> NodeProcess {
+    /// Starts one cluster node process named `node-{index}` listening on `api` and
+    /// `raft` (`127.0.0.1:0` for free ports).
+    pub fn start_node_at(
+        index: usize,
+        partitions: u32,
+        api: &str,
+        raft: &str,
+        extra_args: &[String],
+    ) -> NodeProcess {
         let election = format!("{}ms", ELECTION_TIMEOUT.as_millis());
         let partitions = partitions.to_string();
-        NodeProcess::start(&[
+        let name = format!("node-{index}");
+        let mut args = vec![
+            "--listen",
+            api,
             "--raft-listen",
-            "127.0.0.1:0",
+            raft,
             "--node-id",
-            &format!("node-{index}"),
+            &name,
             "--partitions",
             &partitions,
             "--raft-heartbeat",
@@ -112,7 +131,30 @@ impl TestCluster {
             "--max-moves-per-node",
             "8",
             "--enable-fault-injection",
-        ])
+        ];
+        args.extend(extra_args.iter().map(String::as_str));
+        NodeProcess::start(&args)
+    }
+
+    /// Starts one cluster node process named `node-{index}` on free ports.
+    pub fn start_node(&self, index: usize) -> NodeProcess {
+        Self::start_node_at(
+            index,
+            self.partitions,
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            &self.extra_args,
+        )
+    }
+
+    /// Kills node `index` and starts a new process in its place, on the same
+    /// addresses, with nothing of its former state.
+    pub fn restart_node(&mut self, index: usize) {
+        let api = self.nodes[index].api.clone();
+        let raft = self.nodes[index].raft.clone().expect("a cluster node");
+        self.nodes[index].kill();
+        self.nodes[index] =
+            Self::start_node_at(index, self.partitions, &api, &raft, &self.extra_args);
     }
 
     /// Starts `n` cluster nodes and initialises them as one cluster.
@@ -122,15 +164,22 @@ impl TestCluster {
 
     /// Starts `n` cluster nodes with `partitions` partitions as one cluster.
     pub async fn start_with(n: usize, partitions: u32) -> Self {
-        let nodes: Vec<NodeProcess> = (0..n).map(|i| Self::start_node(i, partitions)).collect();
-        let cluster = Self {
+        Self::start_configured(n, partitions, &[]).await
+    }
+
+    /// Starts `n` cluster nodes with `partitions` partitions and `extra_args` as one
+    /// cluster.
+    pub async fn start_configured(n: usize, partitions: u32, extra_args: &[&str]) -> Self {
+        let mut cluster = Self {
             partitions,
-            nodes,
+            nodes: Vec::new(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(15))
                 .build()
                 .unwrap(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
+        cluster.nodes = (0..n).map(|i| cluster.start_node(i)).collect();
         let members = cluster.members(&(0..n).collect::<Vec<_>>());
         let init = cluster
             .client
@@ -292,7 +341,8 @@ impl TestCluster {
     /// Starts one more node process (not yet a member); returns its index.
     pub fn add_node(&mut self) -> usize {
         let index = self.nodes.len();
-        self.nodes.push(Self::start_node(index, self.partitions));
+        let node = self.start_node(index);
+        self.nodes.push(node);
         index
     }
 
