@@ -41,6 +41,8 @@ pub struct LocalOptions {
     pub max_moves_per_node: u16,
     /// How long starting (every node serving, every partition led) may take.
     pub startup_timeout: Duration,
+    /// More flags for every node (`--read-policy lease`, `--max-memory 64MiB`, …).
+    pub node_args: Vec<String>,
 }
 
 impl LocalOptions {
@@ -68,6 +70,7 @@ impl LocalOptions {
             balance_interval: Duration::from_millis(300),
             max_moves_per_node: 8,
             startup_timeout: Duration::from_secs(60),
+            node_args: Vec::new(),
         })
     }
 }
@@ -104,6 +107,9 @@ pub struct LocalState {
     pub raft_election_timeout_ms: u64,
     pub balance_interval_ms: u64,
     pub max_moves_per_node: u16,
+    /// Extra flags every node was started with; added nodes get them too.
+    #[serde(default)]
+    pub node_args: Vec<String>,
     pub nodes: Vec<LocalNodeState>,
 }
 
@@ -170,6 +176,7 @@ impl LocalState {
             balance_interval: Duration::from_millis(self.balance_interval_ms),
             max_moves_per_node: self.max_moves_per_node,
             startup_timeout: Duration::from_secs(60),
+            node_args: self.node_args.clone(),
         }
     }
 }
@@ -256,6 +263,7 @@ impl LocalCluster {
                 raft_election_timeout_ms: options.raft_election_timeout.as_millis() as u64,
                 balance_interval_ms: options.balance_interval.as_millis() as u64,
                 max_moves_per_node: options.max_moves_per_node,
+                node_args: options.node_args.clone(),
                 nodes,
             },
             data_dir: options.data_dir.clone(),
@@ -655,6 +663,7 @@ fn spawn_node(
             &options.max_moves_per_node.to_string(),
         ])
         .args(["--shutdown-timeout", "2s", "--log-format", "text"])
+        .args(&options.node_args)
         .env("NO_COLOR", "1")
         // openraft logs every vote and heartbeat failure at info/warn; a busy laptop
         // cluster would spend its time writing logs. The node's own info lines stay

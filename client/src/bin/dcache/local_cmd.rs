@@ -62,6 +62,7 @@ async fn run_foreground(args: LocalArgs) -> anyhow::Result<ExitCode> {
     options.base_port = args.base_port;
     options.partitions = args.partitions;
     options.replication = args.replication;
+    options.node_args = args.node_args.clone();
     eprintln!(
         "starting {} dcache-node processes ({} partitions, replication {})…",
         args.nodes, args.partitions, args.replication

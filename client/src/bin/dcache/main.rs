@@ -117,6 +117,9 @@ struct LocalArgs {
     /// The dcache-node executable [default: next to this program].
     #[arg(long)]
     node_binary: Option<PathBuf>,
+    /// More dcache-node flags for every node, after `--` (e.g. `-- --read-policy lease`).
+    #[arg(last = true, value_name = "NODE_FLAGS")]
+    node_args: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
