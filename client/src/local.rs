@@ -217,6 +217,8 @@ impl LocalCluster {
             children.push((node.name.clone(), child));
             nodes.push(node);
         }
+        // Built before the nodes serve so that, if starting fails half-way, dropping
+        // it stops the processes already started.
         let mut cluster = Self::from_parts(&options, nodes, children)?;
         for (node, (_, child)) in cluster.state.nodes.iter_mut().zip(&mut cluster.children) {
             let (api, raft) = wait_serving(&node.log, &node.name, child, deadline)?;
@@ -268,6 +270,8 @@ impl LocalCluster {
             },
             data_dir: options.data_dir.clone(),
             children,
+            // A stand-in until the nodes have logged their addresses (start() replaces
+            // it); nothing is sent through it.
             client: client_for(&["127.0.0.1:1".to_owned()])?,
         })
     }
@@ -315,23 +319,6 @@ impl LocalCluster {
         self.client = client_for(&self.state.api_addrs())?;
         self.state.save(&self.data_dir)?;
         Ok(name)
-    }
-
-    /// Drains `name` out of the cluster and stops it once it holds nothing.
-    pub async fn remove_node(&mut self, name: &str, within: Duration) -> anyhow::Result<()> {
-        let position = self
-            .state
-            .nodes
-            .iter()
-            .position(|n| n.name == name)
-            .ok_or_else(|| anyhow!("no node {name:?} in this local cluster"))?;
-        let node = self.state.nodes.remove(position);
-        set_members(&self.client, &self.state).await?;
-        self.client = client_for(&self.state.api_addrs())?;
-        wait_drained(&self.client, &node.name, Instant::now() + within).await?;
-        self.stop_process(&node.name, node.pid);
-        self.state.save(&self.data_dir)?;
-        Ok(())
     }
 
     /// Kills `name` at once (SIGKILL), as a crash would; it stays a member.
@@ -383,18 +370,6 @@ impl LocalCluster {
         }
         self.children.clear();
         let _ = std::fs::remove_file(LocalState::path(&self.data_dir));
-    }
-
-    fn stop_process(&mut self, name: &str, pid: u32) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        if let Some(position) = self.children.iter().position(|(n, _)| n == name) {
-            let (_, mut child) = self.children.remove(position);
-            terminate(child.id());
-            wait_or_kill(&mut child, deadline);
-        } else if is_node_process(pid) {
-            terminate(pid);
-            wait_pid_gone(pid, deadline);
-        }
     }
 
     /// Reaps children that exited on their own; returns their names and statuses.
