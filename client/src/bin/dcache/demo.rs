@@ -64,6 +64,12 @@ pub async fn run(
         .map(|d| d.as_millis())
         .unwrap_or_default();
     let prefix = format!("demo:{run_id}:");
+    if cfg!(debug_assertions) {
+        println!(
+            "note: this is a debug build; its nodes are too slow for the demo's load on a \
+             small machine (timeouts, minutes-long runs). `make demo` runs the release build."
+        );
+    }
     let mut own_cluster = match &target {
         Some(nodes) => {
             println!("dcache demo against {}", nodes.join(","));
