@@ -5,11 +5,19 @@ CARGO ?= cargo
 RELEASE_DIR := target/release
 NODE_PORT ?= 7000
 
-.PHONY: run test lint fmt build release bench bench-node bench-reads bench-memory bench-eviction clean
+.PHONY: run local demo test lint fmt build release bench bench-node bench-reads bench-memory bench-eviction clean
 
 ## run: build and start one cache node in the foreground on 127.0.0.1:$(NODE_PORT)
 run: release
 	$(RELEASE_DIR)/dcache-node --listen 127.0.0.1:$(NODE_PORT)
+
+## local: build, then run a 3-node cluster on 127.0.0.1:$(NODE_PORT).. in the foreground
+local: release
+	$(RELEASE_DIR)/dcache local --nodes 3 --base-port $(NODE_PORT)
+
+## demo: build, then play the demo scenarios on a cluster the demo starts itself
+demo: release
+	$(RELEASE_DIR)/dcache demo
 
 ## test: format check, clippy with warnings as errors, then every test
 test: lint
@@ -27,7 +35,7 @@ build:
 	$(CARGO) build --workspace --locked
 
 release:
-	$(CARGO) build --release --locked -p dcache-node
+	$(CARGO) build --release --locked -p dcache-node -p dcache-client
 
 ## bench: every benchmark program; figures go to bench/results/
 bench: bench-eviction bench-memory bench-node bench-reads
