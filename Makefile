@@ -5,10 +5,13 @@ CARGO ?= cargo
 RELEASE_DIR := target/release
 NODE_PORT ?= 7000
 
-.PHONY: run local demo test lint fmt build release bench bench-node bench-reads bench-memory bench-eviction clean
+.PHONY: run node local demo test lint fmt build release bench bench-node bench-reads bench-peers bench-memory bench-eviction clean
 
-## run: build and start one cache node in the foreground on 127.0.0.1:$(NODE_PORT)
-run: release
+## run: build, start a 3-node local cluster and play every demo scenario on it
+run: demo
+
+## node: build and start one standalone cache node on 127.0.0.1:$(NODE_PORT)
+node: release
 	$(RELEASE_DIR)/dcache-node --listen 127.0.0.1:$(NODE_PORT)
 
 ## local: build, then run a 3-node cluster on 127.0.0.1:$(NODE_PORT).. in the foreground
@@ -38,7 +41,7 @@ release:
 	$(CARGO) build --release --locked -p dcache-node -p dcache-client
 
 ## bench: every benchmark program; figures go to bench/results/
-bench: bench-eviction bench-memory bench-node bench-reads
+bench: bench-eviction bench-memory bench-node bench-reads bench-peers
 
 ## bench-node: wrk against one node and against a trivial nginx (the HTTP ceiling)
 bench-node: release
@@ -48,6 +51,11 @@ bench-node: release
 ## against local reads and replicated writes
 bench-reads: release
 	bash bench/reads.sh
+
+## bench-peers: dcache (3 nodes) vs Redis (one server) vs etcd (3 members), one load
+## generator, the same shape; installs redis-server and etcd-server when missing
+bench-peers: release
+	bash bench/peers.sh
 
 ## bench-memory: 1 GiB of distinct 1 KiB values into a 64 MiB budget; RSS measured
 bench-memory: release

@@ -17,8 +17,15 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 OUT=bench/results/reads.md
 work=$(mktemp -d)
-pids=()
-stop_cluster() { kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; pids=(); }
+# Node pids go to a file: start_cluster runs in a command substitution (a subshell).
+stop_cluster() {
+  if [ -f "$work/pids" ]; then
+    # shellcheck disable=SC2046
+    kill $(cat "$work/pids") 2>/dev/null || true
+    while read -r pid; do while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; done <"$work/pids"
+    rm -f "$work/pids"
+  fi
+}
 trap 'stop_cluster; rm -rf "$work"' EXIT
 
 value=$(head -c 100 /dev/zero | tr '\0' 'v')
@@ -31,7 +38,7 @@ start_cluster() {
     api=$(free_port); raft=$(free_port)
     "$NODE" --listen "127.0.0.1:$api" --raft-listen "127.0.0.1:$raft" --node-id "node-$i" \
       --partitions 1 --read-policy "$policy" --max-memory 256MiB >"$work/node-$policy-$i.log" 2>&1 &
-    pids+=($!)
+    echo $! >>"$work/pids"
     wait_http "http://127.0.0.1:$api/health"
     members+="${members:+,}{\"name\":\"node-$i\",\"api_addr\":\"127.0.0.1:$api\",\"raft_addr\":\"127.0.0.1:$raft\"}"
     echo "127.0.0.1:$api" >>"$work/apis"

@@ -29,7 +29,8 @@
 //! `dcache local`, `dcache demo` and tests.
 
 mod client;
-pub mod cluster_status;
+/// The admin API's JSON bodies, shared with the node (`dcache_protocol::cluster`).
+pub use dcache_protocol::cluster as cluster_status;
 mod error;
 pub mod local;
 mod partition_map;

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use openraft::async_runtime::WatchReceiver;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+pub use dcache_protocol::cluster::{LeavingMember, RebalanceProgress};
 
 use crate::cluster::{Cluster, MAX_CLUSTER_VOTERS};
 use crate::lost::LEADERLESS_BEFORE_CHECK;
@@ -44,33 +45,6 @@ pub struct BalancerState {
     /// target does not shift while leaders move.
     target: Option<(u64, Placement)>,
     progress: RebalanceProgress,
-}
-
-/// Rebalance progress, as `/cluster` reports it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RebalanceProgress {
-    /// Whether this node runs the balancer (it leads the cluster group).
-    pub active: bool,
-    /// The cluster state epoch (member set) this progress is about.
-    pub epoch: u64,
-    /// Replicas still to add to reach the placement.
-    pub replicas_to_move: u64,
-    /// Groups with a move under way.
-    pub moving: u64,
-    /// Replicas added since this node became the balancer.
-    pub moved: u64,
-    /// Snapshot bytes this node sent to new replicas.
-    pub bytes_moved: u64,
-    /// Former members and how many replicas they still hold.
-    pub leaving: Vec<LeavingMember>,
-    /// Groups whose state the balancer could not learn in its last round.
-    pub unknown_groups: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LeavingMember {
-    pub name: String,
-    pub replicas: u64,
 }
 
 impl Cluster {

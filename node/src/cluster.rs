@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use dcache_protocol::PartitionId;
 use futures_util::future::join_all;
 use openraft::async_runtime::WatchReceiver;
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::balancer::{BalancerState, RebalanceProgress};
-use crate::raft::cluster_state::{LostPartition, Member};
+pub use dcache_protocol::cluster::{ClusterStatus, InitRequest, MembersRequest, PartitionStatus};
+
+use crate::balancer::BalancerState;
+use crate::raft::cluster_state::Member;
 use crate::raft::groups::{Groups, WriteRefused};
 use crate::raft::rpc::{Identity, WriteOutcome};
 use crate::raft::transport::op;
@@ -38,21 +39,6 @@ pub struct RingSettings {
     pub vnodes: u32,
     /// Moves the balancer runs at once onto any one node.
     pub max_moves_per_node: usize,
-}
-
-/// Body of `POST /cluster/init`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InitRequest {
-    pub cluster_id: String,
-    pub members: Vec<MemberNode>,
-}
-
-/// Body of `PUT /cluster/members`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MembersRequest {
-    pub members: Vec<MemberNode>,
 }
 
 /// Where a request for a partition has to be served.
@@ -573,37 +559,4 @@ fn validate_members(members: &[MemberNode]) -> Result<(), AdminError> {
         )));
     }
     Ok(())
-}
-
-/// `GET /cluster`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterStatus {
-    pub cluster_id: Option<String>,
-    /// The member leading the cluster group, which runs the balancer.
-    pub cluster_leader: Option<String>,
-    /// Former members being drained.
-    pub leaving: Vec<Member>,
-    /// The balancer's progress (meaningful on the cluster leader).
-    pub rebalance: RebalanceProgress,
-    pub epoch: u64,
-    pub node: String,
-    pub raft_id: NodeId,
-    pub members: Vec<Member>,
-    pub partitions: Vec<PartitionStatus>,
-    /// Partitions that lost every replica and were re-formed empty: data was lost.
-    pub lost_partitions: Vec<LostPartition>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PartitionStatus {
-    pub partition: PartitionId,
-    /// Where the placement wants it.
-    pub replicas: Vec<String>,
-    /// Its Raft voters, as this node sees them (empty if not hosted here).
-    pub voters: Vec<String>,
-    pub leader: Option<String>,
-    pub term: Option<u64>,
-    pub last_applied: Option<u64>,
-    /// Whether this node holds a replica.
-    pub hosted: bool,
 }

@@ -1,9 +1,11 @@
 //! The shared contract between dcache nodes, clients and the operator.
 //!
 //! It holds only what every side must agree on byte for byte: how a key maps to a
-//! partition ([`partition_of`]) and the JSON bodies of the HTTP API ([`wire`]). It has no
+//! partition ([`partition_of`]) and the JSON bodies of the HTTP API ([`wire`], and
+//! [`cluster`] for the admin API). It has no
 //! heavy dependencies so that any client can take it.
 
+pub mod cluster;
 pub mod wire;
 
 /// Partitions per cluster unless configured otherwise.

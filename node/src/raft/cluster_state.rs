@@ -6,15 +6,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{MemberNode, NodeId};
+use super::NodeId;
 use crate::placement::Placement;
 
-/// One member: its stable name and its current Raft incarnation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    pub raft_id: NodeId,
-    pub node: MemberNode,
-}
+pub use dcache_protocol::cluster::{LostPartition, Member};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -37,18 +32,6 @@ pub struct ClusterState {
 
 /// How many records of lost partitions the cluster state keeps.
 pub const LOST_PARTITIONS_KEPT: usize = 100;
-
-/// A partition whose data was lost: every replica gone for good, re-formed empty.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LostPartition {
-    pub partition: u32,
-    /// The cluster state epoch when it was re-formed.
-    pub epoch: u64,
-    /// When it was re-formed, in Unix milliseconds.
-    pub at_unix_ms: u64,
-    /// Why the old replicas could never serve again.
-    pub reason: String,
-}
 
 /// Changes to the cluster state, as replicated commands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,7 +28,7 @@ pub use cluster_state::{ClusterCommand, ClusterState};
 
 /// A node's Raft identity: one per incarnation. A node that restarts without its state
 /// gets a new one, so it can never vote twice in a term under an old identity.
-pub type NodeId = u64;
+pub type NodeId = dcache_protocol::cluster::RaftId;
 
 /// A Raft group: [`CLUSTER_GROUP`] or the group of one partition ([`partition_group`]).
 pub type GroupId = u32;
@@ -47,15 +47,7 @@ pub fn group_partition(group: GroupId) -> Option<dcache_protocol::PartitionId> {
 }
 
 /// How other members reach a node, carried in Raft membership.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberNode {
-    /// The stable member name (a pod name): its place on the ring.
-    pub name: String,
-    /// `host:port` of its HTTP cache API.
-    pub api_addr: String,
-    /// `host:port` of its Raft RPC endpoint.
-    pub raft_addr: String,
-}
+pub use dcache_protocol::cluster::MemberNode;
 
 /// A replicated write. Expiry is absolute, chosen when the command is proposed, so every
 /// replica agrees on it.

@@ -16,6 +16,7 @@ use rand_distr::{Distribution as _, Zipf};
 use serde_json::json;
 
 use crate::BenchArgs;
+use crate::peers::{Backend, Target};
 
 /// Requests sent when neither --requests nor --duration is given.
 const DEFAULT_REQUESTS: u64 = 100_000;
@@ -198,33 +199,32 @@ impl KeyPicker {
     }
 }
 
-/// Writes every key of the keyspace once, `connections` at a time.
-pub async fn preload(client: &Client, workload: &Workload) -> anyhow::Result<()> {
+/// Writes every key of the keyspace once, `connections` at a time (at most 64).
+pub async fn preload(backend: &Backend, workload: &Workload) -> anyhow::Result<()> {
     let next = Arc::new(AtomicU64::new(0));
     let value = Bytes::from(vec![b'x'; workload.value_size as usize]);
-    let workers = (0..workload.connections.min(64)).map(|_| {
-        let (client, next, value) = (client.clone(), next.clone(), value.clone());
+    let workers = (0..workload.connections.min(64)).map(|worker| {
+        let (backend, next, value) = (backend.clone(), next.clone(), value.clone());
         let workload = workload.clone();
         tokio::spawn(async move {
+            let mut connection = backend.connect(worker).await?;
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 if index >= workload.keyspace {
-                    return Ok::<_, dcache_client::Error>(());
+                    return Ok::<_, String>(());
                 }
-                client
-                    .set_bytes(workload.key(index), value.clone(), None)
-                    .await?;
+                connection.set(&workload.key(index), &value).await?;
             }
         })
     });
     for worker in futures_util::future::join_all(workers).await {
-        worker??;
+        worker?.map_err(|e| anyhow::anyhow!(e))?;
     }
     Ok(())
 }
 
-/// Runs the workload against `client` and measures it.
-pub async fn run(client: &Client, workload: &Workload) -> Report {
+/// Runs the workload against `backend` and measures it.
+pub async fn run(backend: &Backend, workload: &Workload) -> Report {
     let issued = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let value = Bytes::from(vec![b'x'; workload.value_size as usize]);
@@ -248,13 +248,21 @@ pub async fn run(client: &Client, workload: &Workload) -> Report {
     };
     let workers: Vec<_> = (0..workload.connections)
         .map(|worker| {
-            let (client, issued, done, value) =
-                (client.clone(), issued.clone(), done.clone(), value.clone());
+            let (backend, issued, done, value) =
+                (backend.clone(), issued.clone(), done.clone(), value.clone());
             let workload = workload.clone();
             tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(rand::random::<u64>() ^ u64::from(worker));
                 let picker = KeyPicker::new(&workload);
                 let (mut get, mut set) = (OpStats::new(), OpStats::new());
+                let mut connection = match backend.connect(worker).await {
+                    Ok(connection) => connection,
+                    Err(e) => {
+                        get.errors += 1;
+                        get.last_error = Some(e);
+                        return (get, set);
+                    }
+                };
                 let total_weight = workload.ratio.gets + workload.ratio.sets;
                 loop {
                     match workload.stop {
@@ -273,22 +281,22 @@ pub async fn run(client: &Client, workload: &Workload) -> Report {
                     let is_get = rng.random_range(0..total_weight) < workload.ratio.gets;
                     let began = Instant::now();
                     if is_get {
-                        match client.get_value(&key).await {
+                        match connection.get(&key).await {
                             Ok(found) => {
                                 get.record(began);
-                                get.misses += u64::from(found.is_none());
+                                get.misses += u64::from(!found);
                             }
                             Err(e) => {
                                 get.errors += 1;
-                                get.last_error = Some(e.to_string());
+                                get.last_error = Some(e);
                             }
                         }
                     } else {
-                        match client.set_bytes(&key, value.clone(), None).await {
+                        match connection.set(&key, &value).await {
                             Ok(()) => set.record(began),
                             Err(e) => {
                                 set.errors += 1;
-                                set.last_error = Some(e.to_string());
+                                set.last_error = Some(e);
                             }
                         }
                     }
@@ -397,19 +405,26 @@ fn op_json(report: &Report, stats: &OpStats) -> serde_json::Value {
 
 pub async fn command(nodes: &[String], args: BenchArgs) -> anyhow::Result<ExitCode> {
     let workload = Workload::from_args(&args);
-    let client = Client::builder(nodes.iter().cloned())
-        .routing(args.mode.routing())
-        .read_consistency(args.consistency.into())
-        .max_idle_connections_per_node(args.connections as usize)
-        .connect()
-        .await?;
+    let backend = match args.target {
+        Target::Dcache => Backend::Dcache(
+            Client::builder(nodes.iter().cloned())
+                .routing(args.mode.routing())
+                .read_consistency(args.consistency.into())
+                .max_idle_connections_per_node(args.connections as usize)
+                .connect()
+                .await?,
+        ),
+        Target::Redis => Backend::Redis(nodes[0].clone()),
+        Target::Etcd => Backend::Etcd(nodes.to_vec()),
+    };
     if args.preload {
         eprintln!("preloading {} keys…", workload.keyspace);
-        preload(&client, &workload).await?;
+        preload(&backend, &workload).await?;
     }
-    let report = run(&client, &workload).await;
+    let report = run(&backend, &workload).await;
     if args.json {
         let output = json!({
+            "target": args.target.name(),
             "mode": args.mode.name(),
             "consistency": args.consistency.name(),
             "connections": args.connections,
@@ -430,7 +445,8 @@ pub async fn command(nodes: &[String], args: BenchArgs) -> anyhow::Result<ExitCo
         println!("{}", serde_json::to_string_pretty(&output)?);
     } else {
         println!(
-            "mode {}, {} reads, {} connections, {}-byte values, ratio {}:{}, {} keys ({})",
+            "{} (mode {}), {} reads, {} connections, {}-byte values, ratio {}:{}, {} keys ({})",
+            args.target.name(),
             args.mode.name(),
             args.consistency.name(),
             args.connections,

@@ -15,6 +15,7 @@ use futures_util::stream::FuturesUnordered;
 use serde_json::json;
 
 use crate::bench::{self, Distribution, Ratio, Stop, Workload};
+use crate::peers::Backend;
 
 /// Keys written for the distribution and scaling scenarios.
 const DISTRIBUTION_KEYS: usize = 3000;
@@ -339,8 +340,9 @@ async fn performance(client: &Client, prefix: &str) -> anyhow::Result<()> {
             key_prefix: format!("{prefix}perf:"),
             progress: true,
         };
-        bench::preload(&client, &workload).await?;
-        let report = bench::run(&client, &workload).await;
+        let backend = Backend::Dcache(client);
+        bench::preload(&backend, &workload).await?;
+        let report = bench::run(&backend, &workload).await;
         println!("  {label}, 32 connections, 9:1 gets:sets, {seconds}s:");
         for line in bench::render_table(&report).lines() {
             println!("    {line}");

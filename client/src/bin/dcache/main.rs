@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod local_cmd;
 mod oneshot;
+mod peers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -182,6 +183,10 @@ struct BenchArgs {
     /// Print the results as JSON on stdout instead of a table.
     #[arg(long)]
     json: bool,
+    /// What to load: dcache at --nodes, or a peer to compare with — Redis at the first
+    /// --nodes address, or etcd at the --nodes client addresses (its v3 JSON gateway).
+    #[arg(long, value_enum, default_value_t = peers::Target::Dcache)]
+    target: peers::Target,
 }
 
 #[derive(Debug, Args)]
