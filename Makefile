@@ -5,7 +5,7 @@ CARGO ?= cargo
 RELEASE_DIR := target/release
 NODE_PORT ?= 7000
 
-.PHONY: run test lint fmt build release bench bench-node bench-reads bench-memory bench-eviction clean
+.PHONY: run test lint fmt build release crds bench bench-node bench-reads bench-memory bench-eviction clean
 
 ## run: build and start one cache node in the foreground on 127.0.0.1:$(NODE_PORT)
 run: release
@@ -28,6 +28,11 @@ build:
 
 release:
 	$(CARGO) build --release --locked -p dcache-node
+
+## crds: regenerate the CustomResourceDefinition from the operator's Rust types
+crds:
+	mkdir -p crds
+	$(CARGO) run --quiet --locked -p dcache-operator -- crd > crds/distributedcache.yaml
 
 ## bench: every benchmark program; figures go to bench/results/
 bench: bench-eviction bench-memory bench-node bench-reads
