@@ -665,3 +665,7 @@ fn next_status(
     );
     status
 }
+
+#[cfg(test)]
+#[path = "controller_tests.rs"]
+mod tests;

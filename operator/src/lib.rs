@@ -11,6 +11,8 @@
 
 pub mod controller;
 pub mod crd;
+#[cfg(test)]
+mod fixtures;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
