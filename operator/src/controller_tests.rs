@@ -378,3 +378,108 @@ async fn failures_back_off_exponentially_and_are_counted_by_kind() {
         .get();
     assert_eq!(counted, 3);
 }
+
+#[tokio::test]
+async fn a_lost_partition_raises_a_warning_event_once_and_degrades() {
+    let nodes = Arc::new(FakeNodes::default());
+    nodes.set_healthy(0..3);
+    nodes.set_cluster(0..3, &[], true);
+    nodes.lose_partition(7);
+    let mut status = DistributedCacheStatus::default();
+    let dc = with_status(cache(json!({"replicas": 3})), running_status(3));
+    reconcile_with(dc, &nodes, |mut server| async {
+        server.expect_services_and_budget().await;
+        server
+            .expect_statefulset_read(Some(statefulset(3, 3)))
+            .await;
+        server.expect_statefulset_apply().await;
+        let note = server.expect_event("PartitionDataLost").await;
+        assert!(note.contains("partition 7"), "{note}");
+        status = server.expect_status().await;
+        server
+    })
+    .await;
+    assert_eq!(status.lost_partitions.len(), 1);
+    assert_eq!(condition(&status, "Degraded").1, "PartitionsLost");
+
+    // Already reported: no second event.
+    let dc = with_status(cache(json!({"replicas": 3})), status.clone());
+    reconcile_with(dc, &nodes, |mut server| async {
+        server.expect_services_and_budget().await;
+        server
+            .expect_statefulset_read(Some(statefulset(3, 3)))
+            .await;
+        server.expect_statefulset_apply().await;
+        server.expect_status().await;
+        server
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn monitoring_applies_a_service_monitor_only_where_its_crd_exists() {
+    let nodes = Arc::new(FakeNodes::default());
+    nodes.set_healthy(0..3);
+    nodes.set_cluster(0..3, &[], true);
+    let spec = json!({"replicas": 3, "monitoring": {"enabled": true}});
+    let crd_path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/servicemonitors.monitoring.coreos.com";
+
+    let dc = with_status(cache(spec.clone()), running_status(3));
+    reconcile_with(dc, &nodes, |mut server| async {
+        server.expect_services_and_budget().await;
+        let crd = json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+            "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced", "versions": [],
+                     "names": {"kind": "ServiceMonitor", "plural": "servicemonitors"}},
+        });
+        server
+            .expect(http::Method::GET, crd_path)
+            .await
+            .reply(http::StatusCode::OK, &crd);
+        let monitor = server
+            .expect_apply(&format!(
+                "/apis/monitoring.coreos.com/v1/namespaces/{NAMESPACE}/servicemonitors/{NAME}"
+            ))
+            .await;
+        assert_eq!(monitor.body["spec"]["endpoints"][0]["path"], "/metrics");
+        monitor.echo();
+        server
+            .expect_statefulset_read(Some(statefulset(3, 3)))
+            .await;
+        server.expect_statefulset_apply().await;
+        server.expect_status().await;
+        server
+    })
+    .await;
+
+    let dc = with_status(cache(spec), running_status(3));
+    reconcile_with(dc, &nodes, |mut server| async {
+        server.expect_services_and_budget().await;
+        server.expect(http::Method::GET, crd_path).await.not_found();
+        server
+            .expect_statefulset_read(Some(statefulset(3, 3)))
+            .await;
+        server.expect_statefulset_apply().await;
+        let status = server.expect_status().await;
+        let (ready, _, message) = condition(&status, "Ready");
+        assert_eq!(ready, "True");
+        assert!(message.contains("ServiceMonitor CRD"), "{message}");
+        server
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_missing_crd_is_detected_at_startup() {
+    let (ctx, mut server) = context(Arc::new(FakeNodes::default()));
+    let check = tokio::spawn(async move { super::crd_installed(&ctx.client).await });
+    server
+        .expect(
+            http::Method::GET,
+            "/apis/dcache.io/v1alpha1/distributedcaches",
+        )
+        .await
+        .not_found();
+    assert!(!check.await.unwrap().unwrap());
+}

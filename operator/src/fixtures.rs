@@ -17,7 +17,8 @@ use tower_test::mock::{self, Handle, SendResponse};
 use crate::controller::Context;
 use crate::crd::{DistributedCache, DistributedCacheSpec, DistributedCacheStatus};
 use crate::lifecycle::{
-    AdminError, ClusterView, InitRequest, Member, MemberNode, NodeAdmin, RebalanceProgress,
+    AdminError, ClusterView, InitRequest, LostPartition, Member, MemberNode, NodeAdmin,
+    RebalanceProgress,
 };
 use crate::metrics::Metrics;
 
@@ -287,6 +288,7 @@ struct FakeState {
 }
 
 struct FakeCluster {
+    lost: Vec<LostPartition>,
     id: String,
     epoch: u64,
     members: Vec<usize>,
@@ -320,6 +322,7 @@ impl FakeNodes {
     /// A cluster of `members`, balanced or not, with `leaving` still draining.
     pub fn set_cluster(&self, members: std::ops::Range<usize>, leaving: &[usize], balanced: bool) {
         self.state().cluster = Some(FakeCluster {
+            lost: Vec::new(),
             id: CLUSTER_ID.to_owned(),
             epoch: 7,
             members: members.collect(),
@@ -334,6 +337,18 @@ impl FakeNodes {
         let cluster = state.cluster.as_mut().expect("a cluster");
         cluster.leaving.clear();
         cluster.balanced = true;
+    }
+
+    /// The balancer re-formed `partition` empty: its data is gone.
+    pub fn lose_partition(&self, partition: u32) {
+        let mut state = self.state();
+        let cluster = state.cluster.as_mut().expect("a cluster");
+        cluster.lost.push(LostPartition {
+            partition,
+            epoch: cluster.epoch,
+            at_unix_ms: 1_700_000_000_000,
+            reason: "every voter restarted without its state".to_owned(),
+        });
     }
 
     /// Admin calls made so far, as `init ID a,b` and `members a,b`.
@@ -370,7 +385,7 @@ impl FakeNodes {
                 moved: 10,
                 ..RebalanceProgress::default()
             },
-            lost_partitions: Vec::new(),
+            lost_partitions: cluster.lost.clone(),
         }
     }
 }
@@ -397,6 +412,7 @@ impl NodeAdmin for FakeNodes {
             .calls
             .push(format!("init {} {}", request.cluster_id, names.join(",")));
         state.cluster = Some(FakeCluster {
+            lost: Vec::new(),
             id: request.cluster_id.clone(),
             epoch: 1,
             members: ordinals(&request.members),

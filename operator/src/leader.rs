@@ -172,4 +172,93 @@ mod tests {
             LeaseDecision::TakeOver
         );
     }
+
+    /// The Lease calls against a mocked API server: create when absent, stand by
+    /// while another holder renews, lose a take-over race on 409.
+    #[tokio::test]
+    async fn acquires_stands_by_and_loses_a_race() {
+        use http::{Method, Request, Response, StatusCode};
+        use http_body_util::BodyExt;
+        use kube::client::Body;
+
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let leases = Api::<Lease>::namespaced(kube::Client::new(service, "ops"), "ops");
+        let election =
+            LeaderElection::new(leases, "dcache-operator", "me", Duration::from_secs(15));
+        let path = "/apis/coordination.k8s.io/v1/namespaces/ops/leases";
+        let reply = |send: tower_test::mock::SendResponse<Response<Body>>,
+                     code: u16,
+                     body: serde_json::Value| {
+            let response = Response::builder()
+                .status(StatusCode::from_u16(code).unwrap())
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap();
+            send.send_response(response);
+        };
+        let not_found = serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "reason": "NotFound", "code": 404});
+        let conflict = serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "reason": "Conflict", "code": 409});
+        let held_by_other = |renewed_secs_ago: i64| {
+            let renewed = Timestamp::now() - SignedDuration::from_secs(renewed_secs_ago);
+            serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "dcache-operator", "resourceVersion": "41"},
+                "spec": {"holderIdentity": "other", "leaseDurationSeconds": 15,
+                         "renewTime": MicroTime(renewed), "leaseTransitions": 2}})
+        };
+
+        // No Lease: this replica creates it, holding it.
+        let round = tokio::spawn(async move {
+            let won = election.try_acquire_or_renew().await.unwrap();
+            (election, won)
+        });
+        let (request, send) = handle.next_request().await.unwrap();
+        assert_eq!(
+            (request.method(), request.uri().path()),
+            (&Method::GET, &*format!("{path}/dcache-operator"))
+        );
+        reply(send, 404, not_found);
+        let (request, send) = handle.next_request().await.unwrap();
+        assert_eq!(
+            (request.method(), request.uri().path()),
+            (&Method::POST, path)
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&request.into_body().collect().await.unwrap().to_bytes())
+                .unwrap();
+        assert_eq!(body["spec"]["holderIdentity"], "me");
+        assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
+        reply(send, 201, body);
+        let (election, won) = round.await.unwrap();
+        assert!(won);
+
+        // Another replica holds and renews it: no write at all.
+        let round = tokio::spawn(async move {
+            let won = election.try_acquire_or_renew().await.unwrap();
+            (election, won)
+        });
+        let (_, send) = handle.next_request().await.unwrap();
+        reply(send, 200, held_by_other(2));
+        let (election, won) = round.await.unwrap();
+        assert!(!won);
+
+        // Expired: a take-over carrying the read resourceVersion, which loses to a
+        // replica that wrote first.
+        let round = tokio::spawn(async move { election.try_acquire_or_renew().await.unwrap() });
+        let (_, send) = handle.next_request().await.unwrap();
+        reply(send, 200, held_by_other(60));
+        let (request, send) = handle.next_request().await.unwrap();
+        assert_eq!(
+            (request.method(), request.uri().path()),
+            (&Method::PUT, &*format!("{path}/dcache-operator"))
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&request.into_body().collect().await.unwrap().to_bytes())
+                .unwrap();
+        assert_eq!(body["metadata"]["resourceVersion"], "41");
+        assert_eq!(body["spec"]["holderIdentity"], "me");
+        assert_eq!(body["spec"]["leaseTransitions"], 3);
+        reply(send, 409, conflict);
+        assert!(!round.await.unwrap());
+    }
 }

@@ -355,35 +355,38 @@ pub fn plan(input: &PlanInput<'_>, observation: &Observation) -> Plan {
         phase,
         cluster_id: ids.first().map(|id| (*id).to_owned()),
     };
+    // A conflict leaves the pods as they are: a human decides what happens to them.
+    let conflict = |message| Plan {
+        statefulset_replicas: if input.current_replicas == 0 {
+            desired
+        } else {
+            input.current_replicas
+        },
+        ..hold(ClusterPhase::IdentityConflict { message })
+    };
 
     if ids.len() > 1 {
-        return hold(ClusterPhase::IdentityConflict {
-            message: format!("the pods report different clusters {ids:?}"),
-        });
+        return conflict(format!("the pods report different clusters {ids:?}"));
     }
     let reported = ids.first().copied();
     let someone_answered = observation.views.iter().any(Option::is_some);
     match (input.recorded_cluster_id, reported) {
         (Some(recorded), None) if someone_answered => {
-            return hold(ClusterPhase::IdentityConflict {
-                message: format!(
-                    "cluster {recorded} was initialised, but the nodes that answer belong to no \
-                     cluster (did every node restart without its state?); not re-initialising: \
-                     clear status.clusterId to start an empty cluster"
-                ),
-            });
+            return conflict(format!(
+                "cluster {recorded} was initialised, but the nodes that answer belong to no \
+                 cluster (did every node restart without its state?); not re-initialising: \
+                 clear status.clusterId to start an empty cluster"
+            ));
         }
         (Some(recorded), Some(reported)) if recorded != reported => {
-            return hold(ClusterPhase::IdentityConflict {
-                message: format!("the nodes belong to cluster {reported}, not to {recorded}"),
-            });
+            return conflict(format!(
+                "the nodes belong to cluster {reported}, not to {recorded}"
+            ));
         }
         (None, Some(reported)) if reported != input.new_cluster_id => {
-            return hold(ClusterPhase::IdentityConflict {
-                message: format!(
-                    "the nodes belong to cluster {reported}, which this resource did not create"
-                ),
-            });
+            return conflict(format!(
+                "the nodes belong to cluster {reported}, which this resource did not create"
+            ));
         }
         _ => {}
     }
@@ -597,12 +600,16 @@ mod tests {
     fn never_reinitialises_a_cluster_that_lost_its_state() {
         let pods = pods(3);
         let observation = observed(3, 3, Some(ClusterView::default()));
-        let plan = plan(&input(3, 3, Some("id"), &pods), &observation);
+        let plan = plan(&input(5, 3, Some("id"), &pods), &observation);
         assert!(
             matches!(plan.phase, ClusterPhase::IdentityConflict { .. }),
             "{plan:?}"
         );
         assert_eq!(plan.action, None);
+        assert_eq!(
+            plan.statefulset_replicas, 3,
+            "a conflict leaves the pods as they are"
+        );
     }
 
     #[test]

@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::Router;
-use axum::routing::get;
 use clap::{Parser, Subcommand};
 use dcache_operator::controller::{self, Context};
 use dcache_operator::crd::crd_yaml;
@@ -97,12 +95,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     info!(listen = %args.listen, "operator metrics and health serving");
-    let app = Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route(
-            "/metrics",
-            get(move || async move { metrics::render(&registry) }),
-        );
+    let app = metrics::router(registry.clone());
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             error!(%error, "metrics server stopped");

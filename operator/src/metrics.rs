@@ -70,6 +70,16 @@ impl Drop for ReconcileTimer {
     }
 }
 
+/// The operator's own HTTP endpoints: `/metrics` (Prometheus text) and `/health`.
+pub fn router(registry: Registry) -> axum::Router {
+    axum::Router::new()
+        .route("/health", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move { render(&registry) }),
+        )
+}
+
 /// The registry's metrics in the Prometheus text format.
 pub fn render(registry: &Registry) -> String {
     let mut text = String::new();
@@ -77,4 +87,43 @@ pub fn render(registry: &Registry) -> String {
         .encode_utf8(&registry.gather(), &mut text)
         .expect("Prometheus text encoding writes to a String");
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn get(registry: &Registry, path: &str) -> (u16, String) {
+        let request = http::Request::get(path).body(Body::empty()).unwrap();
+        let response = router(registry.clone()).oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn serves_health_and_the_reconcile_metrics() {
+        let registry = Registry::new();
+        let metrics = Metrics::register(&registry).unwrap();
+        drop(metrics.reconcile_started());
+        metrics.reconcile_failed(&crate::Error::MissingField("uid"));
+        assert_eq!(get(&registry, "/health").await, (200, "ok".to_owned()));
+        let (status, text) = get(&registry, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(
+            text.contains("dcache_operator_reconciles_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dcache_operator_reconcile_errors_total{kind=\"missing_field\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dcache_operator_reconcile_duration_seconds_count 1"),
+            "{text}"
+        );
+    }
 }
