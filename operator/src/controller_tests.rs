@@ -483,3 +483,47 @@ async fn a_missing_crd_is_detected_at_startup() {
         .not_found();
     assert!(!check.await.unwrap().unwrap());
 }
+
+#[tokio::test]
+async fn a_spec_change_mid_scale_moves_the_target_without_flapping() {
+    let nodes = Arc::new(FakeNodes::default());
+    // Scaling 3 -> 5: the new pods are up but not yet members when the spec says 4.
+    nodes.set_healthy(0..5);
+    nodes.set_cluster(0..3, &[], true);
+    let mut status = DistributedCacheStatus::default();
+    let dc = with_status(cache(json!({"replicas": 4})), running_status(3));
+    reconcile_with(dc, &nodes, |mut server| async {
+        server.expect_services_and_budget().await;
+        server
+            .expect_statefulset_read(Some(statefulset(5, 3)))
+            .await;
+        assert_eq!(server.expect_statefulset_apply().await.0, 4);
+        assert!(
+            server
+                .expect_event("StatefulSetScaled")
+                .await
+                .contains("5 -> 4")
+        );
+        server.expect_event("MembersChanged").await;
+        status = server.expect_status().await;
+        server
+    })
+    .await;
+    assert_eq!(nodes.calls(), ["members cache-0,cache-1,cache-2,cache-3"]);
+
+    // The next round finds the ring it asked for: no further member change, and the
+    // StatefulSet stays at four.
+    let dc = with_status(cache(json!({"replicas": 4})), status);
+    reconcile_with(dc, &nodes, |mut server| async {
+        server.expect_services_and_budget().await;
+        server
+            .expect_statefulset_read(Some(statefulset(4, 3)))
+            .await;
+        assert_eq!(server.expect_statefulset_apply().await.0, 4);
+        let status = server.expect_status().await;
+        assert_eq!(status.phase, Phase::Rebalancing);
+        server
+    })
+    .await;
+    assert_eq!(nodes.calls().len(), 1);
+}
