@@ -265,12 +265,22 @@ impl Observation {
     }
 
     /// The view to act on: the running balancer's (it leads the cluster group, so its
-    /// member set is the newest committed one).
+    /// member set is the newest committed one). None while no balancer answers, or
+    /// while some node already knows a newer epoch than the balancer reports (a
+    /// leader just elected may not have applied everything yet): acting on an old
+    /// member set could shrink the StatefulSet under members it does not show.
     pub fn balancer_view(&self) -> Option<&ClusterView> {
-        self.views
-            .iter()
-            .flatten()
-            .find(|view| view.cluster_id.is_some() && view.rebalance.active)
+        let views = || {
+            self.views
+                .iter()
+                .flatten()
+                .filter(|v| v.cluster_id.is_some())
+        };
+        let balancer = views()
+            .filter(|view| view.rebalance.active)
+            .max_by_key(|view| view.epoch)?;
+        let newest = views().map(|view| view.epoch).max().unwrap_or(0);
+        (balancer.epoch >= newest).then_some(balancer)
     }
 
     fn ordinal_healthy(&self, ordinal: usize) -> bool {
@@ -683,6 +693,17 @@ mod tests {
         assert_eq!(draining.statefulset_replicas, 5);
         assert_eq!(draining.action, None);
         assert!(matches!(draining.phase, ClusterPhase::Draining { .. }));
+
+        let mut stale = observed(5, 5, Some(view(&[0, 1, 2], &[], true)));
+        stale.views[0].as_mut().unwrap().epoch = 2;
+        let mut follower = view(&[0, 1, 2], &[3, 4], false);
+        follower.rebalance.active = false;
+        stale.views[1] = Some(follower);
+        assert_eq!(
+            plan(&input, &stale).statefulset_replicas,
+            5,
+            "a balancer behind another node's epoch is not trusted"
+        );
 
         let no_balancer = plan(&input, &observed(5, 5, None));
         assert_eq!(
