@@ -372,6 +372,13 @@ mod tests {
         );
         assert!(version["subresources"]["status"].is_object());
         assert_eq!(crd["spec"]["names"]["shortNames"][0], "dc");
+        let columns: Vec<&str> = version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(columns, ["Desired", "Ready", "Phase", "Rebalancing", "Age"]);
     }
 
     #[test]
