@@ -156,6 +156,33 @@ async fn converge(
     desired: usize,
     within: Duration,
 ) -> Vec<ClusterPhase> {
+    converge_until(
+        pods,
+        admin,
+        recorded_cluster_id,
+        desired,
+        within,
+        Until::Steady,
+    )
+    .await
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Until {
+    /// The ring is the desired one and balanced.
+    Steady,
+    /// The member set was just changed: the rebalance has begun, not ended.
+    MembersChanged,
+}
+
+async fn converge_until(
+    pods: &mut LocalStatefulSet,
+    admin: &HttpNodeAdmin,
+    recorded_cluster_id: &mut Option<String>,
+    desired: usize,
+    within: Duration,
+    until: Until,
+) -> Vec<ClusterPhase> {
     let deadline = Instant::now() + within;
     let mut phases = Vec::new();
     loop {
@@ -198,11 +225,15 @@ async fn converge(
         pods.scale(plan.statefulset_replicas);
         if let Some(action) = &plan.action {
             match lifecycle::execute(admin, action).await {
-                Ok(()) => {
-                    if let lifecycle::AdminAction::Init { request_id, .. } = action {
+                Ok(()) => match action {
+                    lifecycle::AdminAction::Init { request_id, .. } => {
                         *recorded_cluster_id = Some(request_id.clone());
                     }
-                }
+                    lifecycle::AdminAction::SetMembers { .. } if until == Until::MembersChanged => {
+                        return phases;
+                    }
+                    lifecycle::AdminAction::SetMembers { .. } => {}
+                },
                 // A node can refuse while its cluster group elects; the next round
                 // plans again from what the nodes say.
                 Err(error) => eprintln!("admin call failed, planning again: {error}"),
@@ -307,6 +338,45 @@ async fn initialise_then_scale_3_to_5_to_3_without_losing_a_key() {
         "{phases:?}"
     );
     assert_eq!(pods.pods.len(), 3);
+    let members: Vec<MemberNode> = pods.pods.iter().map(|p| p.member.clone()).collect();
+    check_keys(&client, &members).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_change_in_the_middle_of_a_scale_up_settles_without_losing_a_key() {
+    let mut pods = LocalStatefulSet {
+        binary: node_binary(),
+        pods: Vec::new(),
+    };
+    let admin = HttpNodeAdmin::new();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let mut cluster_id = None;
+    let within = Duration::from_secs(180);
+    converge(&mut pods, &admin, &mut cluster_id, 3, within).await;
+    let members: Vec<MemberNode> = pods.pods.iter().map(|p| p.member.clone()).collect();
+    write_keys(&client, &members).await;
+
+    // 3 -> 5 begins: both new nodes join and replicas start moving to them...
+    converge_until(
+        &mut pods,
+        &admin,
+        &mut cluster_id,
+        5,
+        within,
+        Until::MembersChanged,
+    )
+    .await;
+    assert_eq!(pods.pods.len(), 5);
+    // ...when the spec says 4: node-4 is drained mid-rebalance, then its process goes.
+    let phases = converge(&mut pods, &admin, &mut cluster_id, 4, within).await;
+    assert!(
+        phases.iter().any(|p| matches!(p, ClusterPhase::ChangingMembers { removing, .. } if removing == &["node-4"])),
+        "{phases:?}"
+    );
+    assert_eq!(pods.pods.len(), 4);
     let members: Vec<MemberNode> = pods.pods.iter().map(|p| p.member.clone()).collect();
     check_keys(&client, &members).await;
 }
