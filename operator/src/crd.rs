@@ -48,14 +48,19 @@ pub const API_VERSION: &str = "dcache.io/v1alpha1";
         json_path = ".metadata.creationTimestamp"
     )
 )]
-// Transition rules: the node fixes both at cluster initialisation, so a change could
-// only be ignored or, worse, half-applied. The API server refuses it with these words.
+// Transition rules: the node fixes partitions and replication at cluster
+// initialisation, so a change could only be ignored or, worse, half-applied. The API
+// server refuses it with these words.
 #[x_kube(
     validation = Rule::new("self.partitions == oldSelf.partitions").message(
         "partitions is fixed when the cluster is created: keep the old value, or create a new DistributedCache to change it"
     ),
     validation = Rule::new("self.replicationFactor == oldSelf.replicationFactor").message(
         "replicationFactor is fixed when the cluster is created: keep the old value, or create a new DistributedCache to change it"
+    ),
+    // A StatefulSet's volume claim templates cannot change after it is created.
+    validation = Rule::new("self.persistence == oldSelf.persistence").message(
+        "persistence is fixed when the cluster is created (StatefulSet volume claims cannot change): keep the old value, or create a new DistributedCache to change it"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -190,11 +195,13 @@ pub struct Persistence {
     #[serde(default)]
     pub enabled: bool,
     /// Size of each node's volume, a Kubernetes quantity.
+    // Bounded lengths keep the CEL immutability rule's estimated cost low.
     #[serde(default = "default_volume_size")]
-    #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$"), length(max = 32))]
     pub size: String,
     /// StorageClass of the volumes; unset, the cluster default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub storage_class_name: Option<String>,
 }
 
@@ -366,6 +373,7 @@ mod tests {
             "{rules}"
         );
         assert!(rules.contains("self.replicationFactor == oldSelf.replicationFactor"));
+        assert!(rules.contains("self.persistence == oldSelf.persistence"));
         assert_eq!(
             version["subresources"]["scale"]["labelSelectorPath"],
             ".status.selector"
