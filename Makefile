@@ -5,7 +5,7 @@ CARGO ?= cargo
 RELEASE_DIR := target/release
 NODE_PORT ?= 7000
 
-.PHONY: run node local demo test lint fmt build release bench bench-node bench-reads bench-peers bench-memory bench-eviction clean
+.PHONY: run node local demo test lint fmt build release crds bench bench-node bench-reads bench-peers bench-memory bench-eviction clean
 
 ## run: build, start a 3-node local cluster and play every demo scenario on it
 run: demo
@@ -39,6 +39,11 @@ build:
 
 release:
 	$(CARGO) build --release --locked -p dcache-node -p dcache-client
+
+## crds: regenerate the CustomResourceDefinition from the operator's Rust types
+crds:
+	mkdir -p crds
+	$(CARGO) run --quiet --locked -p dcache-operator -- crd > crds/distributedcache.yaml
 
 ## bench: every benchmark program; figures go to bench/results/
 bench: bench-eviction bench-memory bench-node bench-reads bench-peers

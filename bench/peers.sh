@@ -64,11 +64,12 @@ for i in 0 1 2; do
 done
 for i in 0 1 2; do wait_http "http://127.0.0.1:${client_ports[$i]}/health"; done
 
-bench() {  # bench TARGET NODES RATIO [extra flags]: prints the JSON report
+bench() {  # bench TARGET NODES RATIO [extra flags]: prints the JSON report on one line
   local target=$1 nodes=$2 ratio=$3
   shift 3
   "$DCACHE" --nodes "$nodes" bench --target "$target" -c "$CONNECTIONS" -d "$DURATION" \
-    --value-size 100 --keyspace "$KEYSPACE" --ratio "$ratio" --json "$@" 2>/dev/null
+    --value-size 100 --keyspace "$KEYSPACE" --ratio "$ratio" --json "$@" 2>/dev/null |
+    python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin)))'
 }
 
 declare -A targets=(

@@ -30,6 +30,9 @@ use crate::raft::transport::Transport;
 use crate::raft::{self, MemberNode, NodeId};
 use crate::store::{Store, StoreConfig};
 
+/// How long a stopping node spends handing its leaderships away.
+const STEP_DOWN_AT_MOST: Duration = Duration::from_secs(5);
+
 /// Builds a node from its configuration, given where its listeners are bound (the API
 /// and, for a cluster member, Raft).
 pub fn build_node(
@@ -179,6 +182,20 @@ pub async fn serve(
     shutdown.await;
     info!("shutting down: refusing new connections, finishing in-flight requests");
     node.set_ready(false);
+    if let Some(cluster) = &node.cluster {
+        // Leaderships first, while requests still flow, so that no partition waits an
+        // election timeout for a new leader.
+        let still_led = cluster
+            .groups
+            .step_down(options.grace.min(STEP_DOWN_AT_MOST))
+            .await;
+        if still_led > 0 {
+            warn!(
+                still_led,
+                "stopping while still leading groups; they will elect new leaders"
+            );
+        }
+    }
     stop.cancel();
     connections.close();
     if tokio::time::timeout(options.grace, connections.wait())

@@ -228,3 +228,45 @@ async fn history_check_every_acknowledged_write_is_the_latest_value() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_hands_its_leaderships_over_first() {
+    let mut cluster = TestCluster::start(3).await;
+    cluster
+        .wait_rebalanced(&[0, 1, 2], Duration::from_secs(60))
+        .await;
+    let leaders = cluster.partition_leaders(&[0, 1, 2]).await;
+    let victim = (0..3)
+        .max_by_key(|i| {
+            let name = &cluster.nodes[*i].name;
+            leaders.iter().filter(|l| l.as_ref() == Some(name)).count()
+        })
+        .unwrap();
+    let victim_name = cluster.nodes[victim].name.clone();
+    assert!(leaders.contains(&Some(victim_name.clone())));
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &cluster.nodes[victim].child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cluster.nodes[victim].child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the node did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Handed over before it exited: the survivors already name other leaders, well
+    // before any election timeout could have passed.
+    let survivors: Vec<usize> = (0..3).filter(|n| *n != victim).collect();
+    let leaders = cluster.partition_leaders(&survivors).await;
+    for (partition, leader) in leaders.iter().enumerate() {
+        let leader = leader.as_deref();
+        assert!(
+            leader.is_some() && leader != Some(victim_name.as_str()),
+            "partition {partition} led by {leader:?} right after {victim_name} stopped"
+        );
+    }
+}

@@ -125,6 +125,14 @@ impl ClusterStatus {
             && progress.unknown_groups == 0
             && self.leaving.is_empty()
     }
+
+    pub fn member_names(&self) -> std::collections::BTreeSet<&str> {
+        self.members.iter().map(|m| m.node.name.as_str()).collect()
+    }
+
+    pub fn leaving_names(&self) -> std::collections::BTreeSet<&str> {
+        self.leaving.iter().map(|m| m.node.name.as_str()).collect()
+    }
 }
 
 /// Body of `POST /cluster/init`.

@@ -2,6 +2,7 @@
 //! or when a peer first replicates a group to this node.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use openraft::async_runtime::WatchReceiver;
@@ -10,6 +11,7 @@ use openraft_multi::GroupNetworkFactory;
 use tracing::info;
 
 use super::log_store::MemLogStore;
+use super::membership::can_take_over;
 use super::state_machine::{GroupStateMachine, Target};
 use super::transport::Transport;
 use super::{
@@ -45,6 +47,8 @@ pub struct Groups {
     cluster: Arc<RwLock<Option<ClusterState>>>,
     groups: RwLock<HashMap<GroupId, GroupRaft>>,
     creating: tokio::sync::Mutex<()>,
+    /// Set when the node is stopping: it hands its leaderships away and takes none.
+    stepping_down: AtomicBool,
 }
 
 impl Groups {
@@ -67,6 +71,7 @@ impl Groups {
             cluster: Arc::default(),
             groups: RwLock::default(),
             creating: tokio::sync::Mutex::new(()),
+            stepping_down: AtomicBool::new(false),
         }
     }
 
@@ -263,6 +268,43 @@ impl Groups {
                     .is_some()
             })
             .collect()
+    }
+
+    /// Whether this node is stopping and must not be handed any leadership.
+    pub fn is_stepping_down(&self) -> bool {
+        self.stepping_down.load(Ordering::Relaxed)
+    }
+
+    /// Hands the leadership of every group led here to a voter that can take over, and
+    /// waits (at most `within`) until this node leads none: a node about to stop must
+    /// not leave its partitions refusing writes for an election timeout. Returns how
+    /// many groups it still leads.
+    pub async fn step_down(&self, within: std::time::Duration) -> usize {
+        self.stepping_down.store(true, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mut still_led = 0;
+            for (group, raft) in self.initialized() {
+                let metrics = raft.metrics().borrow_watched().clone();
+                if metrics.current_leader != Some(self.id) {
+                    continue;
+                }
+                still_led += 1;
+                let successor = metrics
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .find(|id| *id != self.id && can_take_over(&metrics, *id));
+                if let Some(successor) = successor {
+                    info!(group, to = successor, "stopping: handing leadership over");
+                    let _ = raft.trigger().transfer_leader(successor).await;
+                }
+            }
+            if still_led == 0 || tokio::time::Instant::now() >= deadline {
+                return still_led;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn shutdown(&self) {

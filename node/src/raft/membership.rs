@@ -13,7 +13,8 @@ use tracing::{info, warn};
 
 use super::groups::Groups;
 use super::transport::op;
-use super::{GroupId, MemberNode, NodeId};
+use super::{GroupId, MemberNode, NodeId, TypeConfig};
+use openraft::RaftMetrics;
 
 /// A new member counts as caught up when it is at most this many entries behind.
 const CAUGHT_UP_LAG: u64 = 64;
@@ -233,28 +234,11 @@ pub async fn reconcile(
     // only to one that has caught up and answers heartbeats: handing it to an
     // unreachable member would leave the group refusing writes until the hand-over
     // times out.
-    let last = metrics.last_log_index.unwrap_or(0);
-    let caught_up = |id: &NodeId| {
-        let matched = metrics
-            .replication
-            .as_ref()
-            .and_then(|r| r.get(id).cloned().flatten())
-            .map_or(0, |log_id| log_id.index);
-        matched + CAUGHT_UP_LAG >= last
-    };
-    let responsive = |id: &NodeId| {
-        metrics
-            .heartbeat
-            .as_ref()
-            .and_then(|acks| acks.get(id).cloned().flatten())
-            .is_some_and(|acked| acked.elapsed() < RESPONSIVE_WITHIN)
-    };
     if let Some(preferred) = request.preferred_leader
         && preferred != groups.id
         && voters.contains(&preferred)
         && request.may_start
-        && caught_up(&preferred)
-        && responsive(&preferred)
+        && can_take_over(&metrics, preferred)
     {
         info!(group, to = preferred, "transferring leadership");
         raft.trigger()
@@ -268,6 +252,25 @@ pub async fn reconcile(
     Ok(ReconcileOutcome::InPlace {
         voters: voter_list(),
     })
+}
+
+/// Whether voter `id` may be handed the leadership of a group this node leads: it has
+/// caught up and acknowledged a heartbeat recently. Handing it to a lagging or
+/// unreachable member would leave the group refusing writes until the hand-over times
+/// out.
+pub fn can_take_over(metrics: &RaftMetrics<TypeConfig>, id: NodeId) -> bool {
+    let last = metrics.last_log_index.unwrap_or(0);
+    let matched = metrics
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&id).cloned().flatten())
+        .map_or(0, |log_id| log_id.index);
+    let responsive = metrics
+        .heartbeat
+        .as_ref()
+        .and_then(|acks| acks.get(&id).cloned().flatten())
+        .is_some_and(|acked| acked.elapsed() < RESPONSIVE_WITHIN);
+    matched + CAUGHT_UP_LAG >= last && responsive
 }
 
 /// Tells members removed from a group to drop their copy; best effort: a member that

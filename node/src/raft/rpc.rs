@@ -188,6 +188,10 @@ async fn dispatch(
             Ok(rpc) => raft.pre_vote(rpc).await.map_err(|e| text(&e)),
             Err(e) => Err(e),
         }),
+        // A stopping node takes no leadership (the balancer may still prefer it).
+        op::TRANSFER_LEADER if groups.is_stepping_down() => {
+            answer::<()>(Err("this node is stopping and takes no leadership".into()))
+        }
         op::TRANSFER_LEADER => answer(match decode(&body) {
             Ok(rpc) => raft.handle_transfer_leader(rpc).await.map_err(|e| text(&e)),
             Err(e) => Err(e),

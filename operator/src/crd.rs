@@ -1,0 +1,401 @@
+//! The `DistributedCache` custom resource: its spec (what the user asks for), its status
+//! (what the operator saw and did) and the schema rules the API server enforces.
+
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const GROUP: &str = "dcache.io";
+pub const VERSION: &str = "v1alpha1";
+pub const KIND: &str = "DistributedCache";
+pub const API_VERSION: &str = "dcache.io/v1alpha1";
+
+/// A distributed in-memory cache: a StatefulSet of `dcache-node` pods forming one Raft
+/// cluster, sharded over `partitions` and replicated `replicationFactor` times.
+// kube's derive takes one `printcolumn(...)` per column, which clippy reads as repeats.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "dcache.io",
+    version = "v1alpha1",
+    kind = "DistributedCache",
+    plural = "distributedcaches",
+    shortname = "dc",
+    namespaced,
+    status = "DistributedCacheStatus",
+    doc = "A distributed in-memory cache cluster of dcache nodes",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Rebalancing",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Rebalancing\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+// Transition rules: the node fixes partitions and replication at cluster
+// initialisation, so a change could only be ignored or, worse, half-applied. The API
+// server refuses it with these words.
+#[x_kube(
+    validation = Rule::new("self.partitions == oldSelf.partitions").message(
+        "partitions is fixed when the cluster is created: keep the old value, or create a new DistributedCache to change it"
+    ),
+    validation = Rule::new("self.replicationFactor == oldSelf.replicationFactor").message(
+        "replicationFactor is fixed when the cluster is created: keep the old value, or create a new DistributedCache to change it"
+    ),
+    // A StatefulSet's volume claim templates cannot change after it is created.
+    validation = Rule::new("self.persistence == oldSelf.persistence").message(
+        "persistence is fixed when the cluster is created (StatefulSet volume claims cannot change): keep the old value, or create a new DistributedCache to change it"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DistributedCacheSpec {
+    /// Cache nodes (pods). Scaling drains or fills ring membership before pods go or
+    /// after they come.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub replicas: i32,
+
+    /// Container image of dcache-node.
+    #[serde(default = "default_image")]
+    #[schemars(length(min = 1))]
+    pub image: String,
+
+    /// Pull policy of the image (Always, IfNotPresent, Never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+
+    /// CPU and memory of each node container. Give the memory limit headroom over
+    /// maxMemory (Raft logs, connections, the runtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Memory budget for cached entries per node, a Kubernetes quantity (512Mi, 2Gi).
+    #[serde(default = "default_max_memory")]
+    #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub max_memory: String,
+
+    /// What makes room when a node's budget is full.
+    #[serde(default)]
+    pub eviction_policy: EvictionPolicy,
+
+    /// Partitions the key space hashes into. Fixed for the life of the cluster.
+    #[serde(default = "default_partitions")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub partitions: u32,
+
+    /// Replicas of each partition (a Raft group each). Fixed for the life of the cluster.
+    #[serde(default = "default_replication_factor")]
+    #[schemars(range(min = 1, max = 5))]
+    pub replication_factor: u8,
+
+    /// TTL in seconds for writes that give none; unset, such keys never expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub default_ttl_seconds: Option<u64>,
+
+    /// A PersistentVolumeClaim per node.
+    #[serde(default)]
+    pub persistence: Persistence,
+
+    /// A Prometheus Operator ServiceMonitor for the nodes.
+    #[serde(default)]
+    pub monitoring: Monitoring,
+
+    /// Secret holding the credentials of the admin and cache APIs. Reserved: the
+    /// nodes do not authenticate yet, and the operator only checks the name is valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<SecretReference>,
+
+    /// Where pods may run.
+    #[serde(default)]
+    pub scheduling: Scheduling,
+
+    /// The PodDisruptionBudget that keeps voluntary evictions within Raft quorum.
+    #[serde(default)]
+    pub pod_disruption_budget: PodDisruptionBudgetSpec,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+fn default_image() -> String {
+    "dcache/dcache-node:0.1.0".to_owned()
+}
+fn default_max_memory() -> String {
+    "512Mi".to_owned()
+}
+fn default_partitions() -> u32 {
+    64
+}
+fn default_replication_factor() -> u8 {
+    3
+}
+fn default_true() -> bool {
+    true
+}
+fn default_volume_size() -> String {
+    "1Gi".to_owned()
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EvictionPolicy {
+    /// Frequency-based admission; resists scans.
+    #[default]
+    Tinylfu,
+    /// Least recently used goes first.
+    Lru,
+}
+
+impl EvictionPolicy {
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            Self::Tinylfu => "tinylfu",
+            Self::Lru => "lru",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ImagePullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl ImagePullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Persistence {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Size of each node's volume, a Kubernetes quantity.
+    // Bounded lengths keep the CEL immutability rule's estimated cost low.
+    #[serde(default = "default_volume_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$"), length(max = 32))]
+    pub size: String,
+    /// StorageClass of the volumes; unset, the cluster default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for Persistence {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            size: default_volume_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct Monitoring {
+    /// Create a ServiceMonitor (needs the Prometheus Operator's CRD installed).
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretReference {
+    /// Name of a Secret in the resource's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Scheduling {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Replaces the default spread (one node per host where possible, zones evened out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct PodDisruptionBudgetSpec {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for PodDisruptionBudgetSpec {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// What the operator saw and did.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DistributedCacheStatus {
+    /// Pods of the StatefulSet (the scale subresource reads it).
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the pods, for the scale subresource (HPA, kubectl scale).
+    #[serde(default)]
+    pub selector: String,
+    #[serde(default)]
+    pub phase: Phase,
+    #[serde(default)]
+    pub observed_generation: i64,
+    /// The Raft cluster these pods formed; never re-initialised silently.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// Ring members, as the cluster reports them.
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// Former members still being drained.
+    #[serde(default)]
+    pub leaving: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<RebalanceStatus>,
+    /// Partitions that lost their data and were re-formed empty.
+    #[serde(default)]
+    pub lost_partitions: Vec<LostPartitionStatus>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Pods are being created or the cluster initialised.
+    #[default]
+    Creating,
+    /// Every member serves and holds what the placement wants.
+    Running,
+    /// Pods are being added and the ring filled.
+    ScalingUp,
+    /// Members are being drained before their pods go.
+    ScalingDown,
+    /// Replicas are moving to match the placement.
+    Rebalancing,
+    /// Something needs a human: see the Degraded condition.
+    Degraded,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalanceStatus {
+    /// The ring epoch this progress is about.
+    pub epoch: u64,
+    pub replicas_to_move: u64,
+    pub moving: u64,
+    pub moved: u64,
+    pub bytes_moved: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LostPartitionStatus {
+    pub partition: u32,
+    pub epoch: u64,
+    pub at_unix_ms: u64,
+    pub reason: String,
+}
+
+/// The CRD as YAML, exactly what `dcache-operator crd` prints and `crds/` holds.
+pub fn crd_yaml() -> String {
+    let crd = DistributedCache::crd();
+    serde_yaml::to_string(&crd).expect("a CRD serialises to YAML")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_an_almost_empty_spec() {
+        let spec: DistributedCacheSpec = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!(spec.replicas, 3);
+        assert_eq!(spec.partitions, 64);
+        assert_eq!(spec.replication_factor, 3);
+        assert_eq!(spec.max_memory, "512Mi");
+        assert_eq!(spec.eviction_policy, EvictionPolicy::Tinylfu);
+        assert!(!spec.persistence.enabled);
+        assert!(spec.pod_disruption_budget.enabled);
+    }
+
+    #[test]
+    fn schema_carries_ranges_enums_and_immutability_rules() {
+        let crd = serde_json::to_value(DistributedCache::crd()).unwrap();
+        let version = &crd["spec"]["versions"][0];
+        let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let props = &spec["properties"];
+        let number = |field: &str, key: &str| props[field][key].as_f64();
+        assert_eq!(number("partitions", "minimum"), Some(1.0));
+        assert_eq!(number("partitions", "maximum"), Some(4096.0));
+        assert_eq!(number("partitions", "default"), Some(64.0));
+        assert_eq!(number("replicationFactor", "minimum"), Some(1.0));
+        assert_eq!(number("replicationFactor", "maximum"), Some(5.0));
+        assert_eq!(number("replicas", "minimum"), Some(1.0));
+        let policies = serde_json::to_string(&props["evictionPolicy"]).unwrap();
+        assert!(
+            policies.contains("tinylfu") && policies.contains("lru"),
+            "{policies}"
+        );
+        let rules = serde_json::to_string(&spec["x-kubernetes-validations"]).unwrap();
+        assert!(
+            rules.contains("self.partitions == oldSelf.partitions"),
+            "{rules}"
+        );
+        assert!(rules.contains("self.replicationFactor == oldSelf.replicationFactor"));
+        assert!(rules.contains("self.persistence == oldSelf.persistence"));
+        assert_eq!(
+            version["subresources"]["scale"]["labelSelectorPath"],
+            ".status.selector"
+        );
+        assert!(version["subresources"]["status"].is_object());
+        assert_eq!(crd["spec"]["names"]["shortNames"][0], "dc");
+        let columns: Vec<&str> = version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(columns, ["Desired", "Ready", "Phase", "Rebalancing", "Age"]);
+    }
+
+    #[test]
+    fn checked_in_crd_matches_the_generated_one() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/distributedcache.yaml");
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            checked_in == crd_yaml(),
+            "crds/distributedcache.yaml is out of date: run `make crds` and commit it"
+        );
+    }
+}

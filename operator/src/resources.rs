@@ -1,0 +1,668 @@
+//! Pure builders of the Kubernetes objects a `DistributedCache` owns. Nothing here talks
+//! to the API server, so every choice is unit-tested with plain asserts.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
+    StatefulSetSpec, StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
+    LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service,
+    ServicePort, ServiceSpec, SleepAction, TopologySpreadConstraint, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::crd::DistributedCache;
+
+/// Port of the node's HTTP API (cache, admin, health, metrics).
+pub const API_PORT: i32 = 7000;
+/// Port of the node's Raft RPC endpoint.
+pub const RAFT_PORT: i32 = 7100;
+/// Where a node's volume is mounted when persistence is on.
+pub const DATA_DIR: &str = "/data";
+/// How long the node may take to finish in-flight requests after SIGTERM.
+pub const SHUTDOWN_TIMEOUT_SECONDS: i64 = 20;
+/// The preStop pause: endpoints controllers and load balancers stop sending before the
+/// node stops accepting.
+pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
+/// The whole grace period: the preStop pause, the node's own shutdown timeout and room
+/// for Raft to hand leadership over when the node stops.
+pub const TERMINATION_GRACE_SECONDS: i64 = PRE_STOP_SLEEP_SECONDS + SHUTDOWN_TIMEOUT_SECONDS + 35;
+
+pub const FIELD_MANAGER: &str = "dcache-operator";
+
+/// The names of everything a cache owns, derived from its name.
+pub fn statefulset_name(dc: &DistributedCache) -> String {
+    dc.name_any()
+}
+pub fn client_service_name(dc: &DistributedCache) -> String {
+    dc.name_any()
+}
+pub fn headless_service_name(dc: &DistributedCache) -> String {
+    format!("{}-peers", dc.name_any())
+}
+pub fn pod_name(dc: &DistributedCache, ordinal: usize) -> String {
+    format!("{}-{ordinal}", dc.name_any())
+}
+
+/// Labels that select a cache's pods.
+pub fn selector_labels(dc: &DistributedCache) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "dcache".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), dc.name_any()),
+    ])
+}
+
+/// The selector as the scale subresource wants it: `key=value,...`.
+pub fn selector_string(dc: &DistributedCache) -> String {
+    selector_labels(dc)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn labels(dc: &DistributedCache) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(dc);
+    labels.insert(
+        "app.kubernetes.io/managed-by".to_owned(),
+        FIELD_MANAGER.to_owned(),
+    );
+    labels.insert(
+        "app.kubernetes.io/component".to_owned(),
+        "cache-node".to_owned(),
+    );
+    labels
+}
+
+fn owner_reference(dc: &DistributedCache) -> OwnerReference {
+    dc.controller_owner_ref(&())
+        .expect("a DistributedCache read from the API server has a name and uid")
+}
+
+fn metadata(dc: &DistributedCache, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: dc.namespace(),
+        labels: Some(labels(dc)),
+        owner_references: Some(vec![owner_reference(dc)]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// `host:port` of a pod's API and Raft endpoints: its stable DNS name under the
+/// headless Service.
+pub fn pod_api_addr(dc: &DistributedCache, ordinal: usize) -> String {
+    format!("{}:{API_PORT}", pod_host(dc, ordinal))
+}
+pub fn pod_raft_addr(dc: &DistributedCache, ordinal: usize) -> String {
+    format!("{}:{RAFT_PORT}", pod_host(dc, ordinal))
+}
+fn pod_host(dc: &DistributedCache, ordinal: usize) -> String {
+    format!(
+        "{}.{}.{}.svc",
+        pod_name(dc, ordinal),
+        headless_service_name(dc),
+        dc.namespace().unwrap_or_else(|| "default".to_owned())
+    )
+}
+
+/// The headless Service: stable DNS names for Raft peers. It publishes pods before
+/// they are ready because a new pod is not ready until it joined the ring, and it
+/// cannot join unless its peers can reach it.
+pub fn desired_headless_service(dc: &DistributedCache) -> Service {
+    let mut meta = metadata(dc, headless_service_name(dc));
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert("dcache.io/service".to_owned(), "peers".to_owned());
+    Service {
+        metadata: meta,
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(dc)),
+            ports: Some(vec![
+                service_port("http", API_PORT),
+                service_port("raft", RAFT_PORT),
+            ]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The client Service: load-balances cache requests over ready nodes (any node
+/// serves any key, forwarding to the partition leader).
+pub fn desired_client_service(dc: &DistributedCache) -> Service {
+    Service {
+        metadata: metadata(dc, client_service_name(dc)),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            selector: Some(selector_labels(dc)),
+            ports: Some(vec![service_port("http", API_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_owned()),
+        port,
+        target_port: Some(IntOrString::String(name.to_owned())),
+        protocol: Some("TCP".to_owned()),
+        ..ServicePort::default()
+    }
+}
+
+/// Bytes of a Kubernetes quantity like `512Mi`, `2Gi`, `500M` or `1048576`; None when
+/// it is not one of those forms.
+pub fn quantity_bytes(quantity: &str) -> Option<u64> {
+    let digits_end = quantity
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(quantity.len());
+    let (number, suffix) = quantity.split_at(digits_end);
+    let number: u64 = number.parse().ok()?;
+    let multiplier: u64 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    number.checked_mul(multiplier).filter(|&bytes| bytes > 0)
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn env_from_field(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.to_owned(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// The node's configuration, as the `DCACHE_*` environment its flags read. Env rather
+/// than a ConfigMap: a change is part of the pod template, so it rolls the pods by
+/// itself, one at a time.
+pub fn node_environment(dc: &DistributedCache, max_memory_bytes: u64) -> Vec<EnvVar> {
+    let headless = headless_service_name(dc);
+    let spec = &dc.spec;
+    let mut vars = vec![
+        env_from_field("POD_NAME", "metadata.name"),
+        env_from_field("POD_NAMESPACE", "metadata.namespace"),
+        env("DCACHE_LISTEN", format!("0.0.0.0:{API_PORT}")),
+        env("DCACHE_RAFT_LISTEN", format!("0.0.0.0:{RAFT_PORT}")),
+        env("DCACHE_NODE_ID", "$(POD_NAME)"),
+        env(
+            "DCACHE_ADVERTISE_API",
+            format!("$(POD_NAME).{headless}.$(POD_NAMESPACE).svc:{API_PORT}"),
+        ),
+        env(
+            "DCACHE_ADVERTISE_RAFT",
+            format!("$(POD_NAME).{headless}.$(POD_NAMESPACE).svc:{RAFT_PORT}"),
+        ),
+        env("DCACHE_PARTITIONS", spec.partitions.to_string()),
+        env("DCACHE_REPLICATION", spec.replication_factor.to_string()),
+        env("DCACHE_MAX_MEMORY", max_memory_bytes.to_string()),
+        env("DCACHE_EVICTION_POLICY", spec.eviction_policy.as_flag()),
+        env("DCACHE_LOG_FORMAT", "json"),
+        env(
+            "DCACHE_SHUTDOWN_TIMEOUT",
+            format!("{SHUTDOWN_TIMEOUT_SECONDS}s"),
+        ),
+    ];
+    if let Some(ttl) = spec.default_ttl_seconds {
+        vars.push(env("DCACHE_DEFAULT_TTL", ttl.to_string()));
+    }
+    vars
+}
+
+/// One node per host where the scheduler can manage it, and zones evened out when
+/// they exist: losing a host or a zone then takes as few replicas of a partition as
+/// the cluster's shape allows.
+pub fn default_topology_spread(dc: &DistributedCache) -> Vec<TopologySpreadConstraint> {
+    let selector = LabelSelector {
+        match_labels: Some(selector_labels(dc)),
+        ..LabelSelector::default()
+    };
+    vec![
+        TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: "kubernetes.io/hostname".to_owned(),
+            when_unsatisfiable: "ScheduleAnyway".to_owned(),
+            label_selector: Some(selector.clone()),
+            ..TopologySpreadConstraint::default()
+        },
+        TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: "topology.kubernetes.io/zone".to_owned(),
+            when_unsatisfiable: "ScheduleAnyway".to_owned(),
+            label_selector: Some(selector),
+            ..TopologySpreadConstraint::default()
+        },
+    ]
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("http".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+/// The StatefulSet of cache nodes with `replicas` pods (the lifecycle decides the
+/// number; it is the spec's only once the ring agrees).
+///
+/// Updates roll with `RollingUpdate`: the StatefulSet controller replaces one pod at a
+/// time, highest ordinal first, and waits for the new pod to be Ready before the next.
+/// Ready means `/ready`: joined the cluster and every replica it holds caught up, so a
+/// second pod never goes while the first one's partitions are short of a replica. Pods
+/// are created in parallel so a scale-up never waits for readiness a new pod cannot
+/// have before it joins the ring.
+pub fn desired_statefulset(
+    dc: &DistributedCache,
+    replicas: i32,
+    max_memory_bytes: u64,
+) -> StatefulSet {
+    let spec = &dc.spec;
+    let mut volume_mounts = vec![VolumeMount {
+        name: "tmp".to_owned(),
+        mount_path: "/tmp".to_owned(),
+        ..VolumeMount::default()
+    }];
+    let mut claim_templates = None;
+    let mut claim_retention = None;
+    if spec.persistence.enabled {
+        volume_mounts.push(VolumeMount {
+            name: "data".to_owned(),
+            mount_path: DATA_DIR.to_owned(),
+            ..VolumeMount::default()
+        });
+        claim_templates = Some(vec![PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some("data".to_owned()),
+                labels: Some(selector_labels(dc)),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+                storage_class_name: spec.persistence.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_owned(),
+                        Quantity(spec.persistence.size.clone()),
+                    )])),
+                    ..VolumeResourceRequirements::default()
+                }),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            status: None,
+        }]);
+        // A drained member's volume holds nothing the cluster still needs, and a
+        // volume kept past scale-down would bring stale state back on the next
+        // scale-up, so claims go with their pods.
+        claim_retention = Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+            when_scaled: Some("Delete".to_owned()),
+            when_deleted: Some("Delete".to_owned()),
+        });
+    }
+    let container = Container {
+        name: "dcache-node".to_owned(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_owned()),
+        env: Some(node_environment(dc, max_memory_bytes)),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".to_owned()),
+                container_port: API_PORT,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("raft".to_owned()),
+                container_port: RAFT_PORT,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+        ]),
+        resources: spec.resources.clone(),
+        liveness_probe: Some(http_probe("/health", 10, 3)),
+        readiness_probe: Some(http_probe("/ready", 5, 2)),
+        lifecycle: Some(Lifecycle {
+            // The pause (Kubernetes' own sleep action: the image needs no shell) lets
+            // endpoints drop the pod; then SIGTERM makes the node hand every partition
+            // leadership it holds to a caught-up replica before it stops serving.
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SLEEP_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(volume_mounts),
+        ..Container::default()
+    };
+    let scheduling = &spec.scheduling;
+    let pod = PodSpec {
+        containers: vec![container],
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            fs_group: Some(65532),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                localhost_profile: None,
+            }),
+            ..PodSecurityContext::default()
+        }),
+        affinity: scheduling.affinity.clone(),
+        tolerations: (!scheduling.tolerations.is_empty()).then(|| scheduling.tolerations.clone()),
+        node_selector: (!scheduling.node_selector.is_empty())
+            .then(|| scheduling.node_selector.clone()),
+        topology_spread_constraints: Some(
+            scheduling
+                .topology_spread_constraints
+                .clone()
+                .unwrap_or_else(|| default_topology_spread(dc)),
+        ),
+        volumes: Some(vec![Volume {
+            name: "tmp".to_owned(),
+            empty_dir: Some(Default::default()),
+            ..Volume::default()
+        }]),
+        ..PodSpec::default()
+    };
+    StatefulSet {
+        metadata: metadata(dc, statefulset_name(dc)),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(headless_service_name(dc)),
+            pod_management_policy: Some("Parallel".to_owned()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(dc)),
+                ..LabelSelector::default()
+            },
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateStatefulSetStrategy {
+                    partition: Some(0),
+                    max_unavailable: None,
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(dc)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            volume_claim_templates: claim_templates,
+            persistent_volume_claim_retention_policy: claim_retention,
+            ..StatefulSetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// How many pods may be evicted at once without any partition losing its Raft quorum.
+///
+/// A partition with R voters keeps a majority, floor(R/2)+1, while at most
+/// floor((R-1)/2) of them are down. Replica sets overlap arbitrarily on the ring, so
+/// any set of evicted pods may all hold the same partition: the pod budget is that
+/// per-partition tolerance, with R capped by the node count. Expressed as
+/// maxUnavailable rather than minAvailable so it follows scaling by itself. With R of
+/// 1 or 2 no eviction keeps every quorum; the budget still allows one, because a
+/// budget of zero would block node drains for ever, and such a cluster accepted that
+/// risk when it chose R.
+pub fn max_unavailable_pods(replication_factor: u8, replicas: i32) -> i32 {
+    let voters = i32::from(replication_factor).min(replicas.max(1));
+    ((voters - 1) / 2).max(1)
+}
+
+pub fn desired_pod_disruption_budget(dc: &DistributedCache) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: metadata(dc, statefulset_name(dc)),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(max_unavailable_pods(
+                dc.spec.replication_factor,
+                dc.spec.replicas,
+            ))),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(dc)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The Prometheus Operator's ServiceMonitor kind, which may not be installed.
+pub fn service_monitor_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+        "servicemonitors",
+    )
+}
+
+/// Scrapes every node through the headless Service (which lists pods that are not
+/// ready yet, so a node's metrics are there while it catches up).
+pub fn desired_service_monitor(dc: &DistributedCache) -> DynamicObject {
+    let mut selector = selector_labels(dc);
+    selector.insert("dcache.io/service".to_owned(), "peers".to_owned());
+    let mut monitor = DynamicObject::new(&dc.name_any(), &service_monitor_resource()).data(json!({
+        "spec": {
+            "selector": {"matchLabels": selector},
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+        }
+    }));
+    monitor.metadata = metadata(dc, dc.name_any());
+    monitor
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::DistributedCacheSpec;
+
+    fn cache(spec: serde_json::Value) -> DistributedCache {
+        let spec: DistributedCacheSpec = serde_json::from_value(spec).unwrap();
+        let mut dc = DistributedCache::new("cache", spec);
+        dc.metadata.namespace = Some("prod".to_owned());
+        dc.metadata.uid = Some("uid-1".to_owned());
+        dc
+    }
+
+    #[test]
+    fn quantities_convert_to_bytes() {
+        assert_eq!(quantity_bytes("512Mi"), Some(512 << 20));
+        assert_eq!(quantity_bytes("2Gi"), Some(2 << 30));
+        assert_eq!(quantity_bytes("500M"), Some(500_000_000));
+        assert_eq!(quantity_bytes("4096"), Some(4096));
+        assert_eq!(quantity_bytes("0Mi"), None);
+        assert_eq!(quantity_bytes("lots"), None);
+        assert_eq!(quantity_bytes("1.5Gi"), None);
+        assert_eq!(quantity_bytes("99999999999Ti"), None);
+    }
+
+    #[test]
+    fn pod_disruption_budget_follows_quorum() {
+        assert_eq!(max_unavailable_pods(3, 3), 1);
+        assert_eq!(max_unavailable_pods(5, 7), 2);
+        // Five voters wanted but only three nodes: three voters, one may go.
+        assert_eq!(max_unavailable_pods(5, 3), 1);
+        assert_eq!(max_unavailable_pods(1, 3), 1);
+    }
+
+    #[test]
+    fn statefulset_is_restricted_parallel_and_configured_from_the_spec() {
+        let dc = cache(
+            json!({"replicas": 3, "maxMemory": "1Gi", "evictionPolicy": "lru",
+                              "defaultTtlSeconds": 60}),
+        );
+        let sts = desired_statefulset(&dc, 4, 1 << 30);
+        let spec = sts.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(4));
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        assert_eq!(spec.service_name.as_deref(), Some("cache-peers"));
+        assert!(spec.volume_claim_templates.is_none());
+        let owner = &sts.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("DistributedCache", Some(true))
+        );
+
+        let pod = spec.template.spec.as_ref().unwrap();
+        let container = &pod.containers[0];
+        let security = container.security_context.as_ref().unwrap();
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            security.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_owned()][..])
+        );
+        let pod_security = pod.security_context.as_ref().unwrap();
+        assert_eq!(pod_security.run_as_non_root, Some(true));
+        assert_eq!(
+            pod_security.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        assert_eq!(pod.topology_spread_constraints.as_ref().unwrap().len(), 2);
+        assert!(
+            pod.termination_grace_period_seconds.unwrap()
+                > SHUTDOWN_TIMEOUT_SECONDS + PRE_STOP_SLEEP_SECONDS
+        );
+        let probe_path = |probe: &Option<Probe>| {
+            probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(probe_path(&container.liveness_probe), "/health");
+        assert_eq!(probe_path(&container.readiness_probe), "/ready");
+
+        let env: BTreeMap<_, _> = container
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter_map(|v| Some((v.name.as_str(), v.value.clone()?)))
+            .collect();
+        assert_eq!(env["DCACHE_MAX_MEMORY"], (1u64 << 30).to_string());
+        assert_eq!(env["DCACHE_EVICTION_POLICY"], "lru");
+        assert_eq!(env["DCACHE_DEFAULT_TTL"], "60");
+        assert_eq!(env["DCACHE_PARTITIONS"], "64");
+        assert_eq!(env["DCACHE_NODE_ID"], "$(POD_NAME)");
+        assert_eq!(
+            env["DCACHE_ADVERTISE_RAFT"],
+            "$(POD_NAME).cache-peers.$(POD_NAMESPACE).svc:7100"
+        );
+    }
+
+    #[test]
+    fn persistence_adds_claims_that_go_with_their_pods() {
+        let dc = cache(json!({"persistence": {"enabled": true, "size": "5Gi",
+                                              "storageClassName": "fast"}}));
+        let sts = desired_statefulset(&dc, 3, 1 << 29);
+        let spec = sts.spec.unwrap();
+        let claim = &spec.volume_claim_templates.unwrap()[0];
+        let claim_spec = claim.spec.as_ref().unwrap();
+        assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            claim_spec
+                .resources
+                .as_ref()
+                .unwrap()
+                .requests
+                .as_ref()
+                .unwrap()["storage"]
+                .0,
+            "5Gi"
+        );
+        let retention = spec.persistent_volume_claim_retention_policy.unwrap();
+        assert_eq!(retention.when_scaled.as_deref(), Some("Delete"));
+        assert_eq!(retention.when_deleted.as_deref(), Some("Delete"));
+    }
+
+    #[test]
+    fn headless_service_publishes_pods_before_they_are_ready() {
+        let dc = cache(json!({}));
+        let service = desired_headless_service(&dc);
+        let spec = service.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.publish_not_ready_addresses, Some(true));
+        assert_eq!(pod_api_addr(&dc, 2), "cache-2.cache-peers.prod.svc:7000");
+        assert_eq!(
+            selector_string(&dc),
+            "app.kubernetes.io/instance=cache,app.kubernetes.io/name=dcache"
+        );
+    }
+
+    #[test]
+    fn service_monitor_scrapes_the_peers_service() {
+        let dc = cache(json!({"monitoring": {"enabled": true}}));
+        let monitor = serde_json::to_value(desired_service_monitor(&dc)).unwrap();
+        assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+        assert_eq!(monitor["kind"], "ServiceMonitor");
+        assert_eq!(
+            monitor["spec"]["selector"]["matchLabels"]["dcache.io/service"],
+            "peers"
+        );
+        assert_eq!(monitor["metadata"]["ownerReferences"][0]["name"], "cache");
+    }
+}

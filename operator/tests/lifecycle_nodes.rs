@@ -1,0 +1,382 @@
+//! The lifecycle planner driven against real `dcache-node` processes on loopback, the
+//! way the controller drives pods: start and stop processes to match the planned pod
+//! count, make the planned admin calls, repeat until steady. 3 → 5 → 3 members with
+//! every acknowledged key read back.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dcache_operator::lifecycle::{
+    self, ClusterPhase, HttpNodeAdmin, MemberNode, Observation, PlanInput,
+};
+use serde_json::json;
+
+const CLUSTER_ID: &str = "lifecycle-test";
+const KEYS: usize = 300;
+
+/// `<target>/debug/dcache-node`, built if missing: the test executable lives in
+/// `<target>/debug/deps/`.
+fn node_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executables live in <target>/<profile>/deps");
+    let binary = profile_dir.join("dcache-node");
+    if !binary.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "dcache-node", "--locked"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building dcache-node failed");
+    }
+    binary
+}
+
+struct NodeProcess {
+    child: Child,
+    member: MemberNode,
+}
+
+impl NodeProcess {
+    /// Starts `node-{ordinal}` on free loopback ports and reads its bound addresses
+    /// from its "dcache-node serving" log line.
+    fn start(binary: &PathBuf, ordinal: usize) -> Self {
+        let name = format!("node-{ordinal}");
+        let mut child = Command::new(binary)
+            .args(["--listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0"])
+            .args([
+                "--node-id",
+                &name,
+                "--partitions",
+                "16",
+                "--log-format",
+                "text",
+            ])
+            .args([
+                "--raft-heartbeat",
+                "300ms",
+                "--raft-election-timeout",
+                "1500ms",
+            ])
+            .args(["--balance-interval", "300ms", "--max-moves-per-node", "8"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dcache-node starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (addresses, received) = std::sync::mpsc::channel();
+        // Each node's log goes to a file for post-mortems; the reader also keeps the
+        // pipe drained so the node never blocks on it.
+        let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("operator-node-logs");
+        let _ = std::fs::create_dir_all(&log_dir);
+        let mut log =
+            std::fs::File::create(log_dir.join(format!("{name}-{}.log", child.id()))).ok();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(log) = log.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(log, "{line}");
+                }
+                if line.contains("dcache-node serving") {
+                    let field = |key: &str| {
+                        line.split(&format!(" {key}="))
+                            .nth(1)
+                            .and_then(|rest| rest.split_whitespace().next())
+                            .map(|value| value.trim_matches('"').to_owned())
+                    };
+                    let _ = addresses.send((field("listen"), field("raft")));
+                }
+            }
+        });
+        let (api, raft) = received
+            .recv_timeout(Duration::from_secs(60))
+            .expect("dcache-node logs its addresses");
+        Self {
+            child,
+            member: MemberNode {
+                name,
+                api_addr: api.expect("listen address logged"),
+                raft_addr: raft.expect("raft address logged"),
+            },
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Processes standing in for a StatefulSet's pods, by ordinal.
+struct LocalStatefulSet {
+    binary: PathBuf,
+    pods: Vec<NodeProcess>,
+}
+
+impl LocalStatefulSet {
+    fn scale(&mut self, replicas: usize) {
+        while self.pods.len() < replicas {
+            let pod = NodeProcess::start(&self.binary, self.pods.len());
+            self.pods.push(pod);
+        }
+        // Highest ordinals go first, as a StatefulSet does.
+        self.pods.truncate(replicas);
+    }
+
+    /// Member identities for ordinals `0..count`; an ordinal with no process gets an
+    /// address nothing listens on, as a pod not yet scheduled.
+    fn directory(&self, count: usize) -> Vec<MemberNode> {
+        (0..count)
+            .map(|ordinal| match self.pods.get(ordinal) {
+                Some(pod) => pod.member.clone(),
+                None => MemberNode {
+                    name: format!("node-{ordinal}"),
+                    api_addr: "127.0.0.1:9".to_owned(),
+                    raft_addr: "127.0.0.1:9".to_owned(),
+                },
+            })
+            .collect()
+    }
+}
+
+/// Plans and acts until the ring is `desired` members and balanced. Checks on the way
+/// that no process stops while the balancer still counts it as a member or as leaving.
+async fn converge(
+    pods: &mut LocalStatefulSet,
+    admin: &HttpNodeAdmin,
+    recorded_cluster_id: &mut Option<String>,
+    desired: usize,
+    within: Duration,
+) -> Vec<ClusterPhase> {
+    converge_until(
+        pods,
+        admin,
+        recorded_cluster_id,
+        desired,
+        within,
+        Until::Steady,
+    )
+    .await
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Until {
+    /// The ring is the desired one and balanced.
+    Steady,
+    /// The member set was just changed: the rebalance has begun, not ended.
+    MembersChanged,
+}
+
+async fn converge_until(
+    pods: &mut LocalStatefulSet,
+    admin: &HttpNodeAdmin,
+    recorded_cluster_id: &mut Option<String>,
+    desired: usize,
+    within: Duration,
+    until: Until,
+) -> Vec<ClusterPhase> {
+    let deadline = Instant::now() + within;
+    let mut phases = Vec::new();
+    loop {
+        let directory = pods.directory(desired.max(pods.pods.len()));
+        let observation = Observation::gather(admin, &directory).await;
+        let plan = lifecycle::plan(
+            &PlanInput {
+                desired_replicas: desired,
+                current_replicas: pods.pods.len(),
+                recorded_cluster_id: recorded_cluster_id.as_deref(),
+                new_cluster_id: CLUSTER_ID,
+                pods: &directory,
+            },
+            &observation,
+        );
+        if phases.last() != Some(&plan.phase) {
+            phases.push(plan.phase.clone());
+        }
+        assert!(
+            !matches!(plan.phase, ClusterPhase::IdentityConflict { .. }),
+            "{plan:?}"
+        );
+        if plan.statefulset_replicas < pods.pods.len() {
+            let view = observation
+                .balancer_view()
+                .expect("the planner shrinks only on the balancer's word");
+            let in_ring: BTreeSet<&str> = view
+                .member_names()
+                .union(&view.leaving_names())
+                .copied()
+                .collect();
+            for going in &pods.pods[plan.statefulset_replicas..] {
+                assert!(
+                    !in_ring.contains(going.member.name.as_str()),
+                    "{} stopped while the ring still holds it: {view:?}",
+                    going.member.name
+                );
+            }
+        }
+        pods.scale(plan.statefulset_replicas);
+        if let Some(action) = &plan.action {
+            match lifecycle::execute(admin, action).await {
+                Ok(()) => match action {
+                    lifecycle::AdminAction::Init { request_id, .. } => {
+                        *recorded_cluster_id = Some(request_id.clone());
+                    }
+                    lifecycle::AdminAction::SetMembers { .. } if until == Until::MembersChanged => {
+                        return phases;
+                    }
+                    lifecycle::AdminAction::SetMembers { .. } => {}
+                },
+                // A node can refuse while its cluster group elects; the next round
+                // plans again from what the nodes say.
+                Err(error) => eprintln!("admin call failed, planning again: {error}"),
+            }
+        }
+        if plan.phase == ClusterPhase::Steady && pods.pods.len() == desired {
+            return phases;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no steady ring of {desired} within {within:?}; phases seen: {phases:?}; \
+             the balancer said {:?}",
+            observation.balancer_view()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn write_keys(client: &reqwest::Client, nodes: &[MemberNode]) {
+    for i in 0..KEYS {
+        let node = &nodes[i % nodes.len()];
+        let url = format!("http://{}/cache/key-{i}", node.api_addr);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = client.put(&url).json(&json!({"value": i})).send().await;
+            match answer {
+                Ok(response) if response.status() == 200 => break,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "key-{i} never acknowledged: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn check_keys(client: &reqwest::Client, nodes: &[MemberNode]) {
+    for i in 0..KEYS {
+        let node = &nodes[i % nodes.len()];
+        let url = format!("http://{}/cache/key-{i}", node.api_addr);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match client.get(&url).send().await {
+                Ok(response) if response.status() == 200 => {
+                    let body: serde_json::Value = response.json().await.expect("JSON answer");
+                    assert_eq!(body["value"], json!(i), "key-{i} via {}", node.name);
+                    break;
+                }
+                Ok(response) if response.status() == 404 => {
+                    panic!("key-{i} lost (404 via {})", node.name)
+                }
+                // 503 while a partition elects or hands over; connection errors
+                // while a node is busy: both are retried.
+                other => assert!(
+                    Instant::now() < deadline,
+                    "key-{i} unreadable via {}: {other:?}",
+                    node.name
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initialise_then_scale_3_to_5_to_3_without_losing_a_key() {
+    let mut pods = LocalStatefulSet {
+        binary: node_binary(),
+        pods: Vec::new(),
+    };
+    let admin = HttpNodeAdmin::new();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let mut cluster_id = None;
+    let within = Duration::from_secs(180);
+
+    let phases = converge(&mut pods, &admin, &mut cluster_id, 3, within).await;
+    assert!(phases.contains(&ClusterPhase::Initialising), "{phases:?}");
+    assert_eq!(cluster_id.as_deref(), Some(CLUSTER_ID));
+    let members: Vec<MemberNode> = pods.pods.iter().map(|p| p.member.clone()).collect();
+    write_keys(&client, &members).await;
+
+    let phases = converge(&mut pods, &admin, &mut cluster_id, 5, within).await;
+    assert!(
+        phases.iter().any(
+            |p| matches!(p, ClusterPhase::ChangingMembers { adding, .. } if adding.len() == 2)
+        ),
+        "{phases:?}"
+    );
+    assert_eq!(pods.pods.len(), 5);
+    let members: Vec<MemberNode> = pods.pods.iter().map(|p| p.member.clone()).collect();
+    check_keys(&client, &members).await;
+
+    let phases = converge(&mut pods, &admin, &mut cluster_id, 3, within).await;
+    assert!(
+        phases.iter().any(
+            |p| matches!(p, ClusterPhase::ChangingMembers { removing, .. } if removing.len() == 2)
+        ),
+        "{phases:?}"
+    );
+    assert_eq!(pods.pods.len(), 3);
+    let members: Vec<MemberNode> = pods.pods.iter().map(|p| p.member.clone()).collect();
+    check_keys(&client, &members).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_change_in_the_middle_of_a_scale_up_settles_without_losing_a_key() {
+    let mut pods = LocalStatefulSet {
+        binary: node_binary(),
+        pods: Vec::new(),
+    };
+    let admin = HttpNodeAdmin::new();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let mut cluster_id = None;
+    let within = Duration::from_secs(180);
+    converge(&mut pods, &admin, &mut cluster_id, 3, within).await;
+    let members: Vec<MemberNode> = pods.pods.iter().map(|p| p.member.clone()).collect();
+    write_keys(&client, &members).await;
+
+    // 3 -> 5 begins: both new nodes join and replicas start moving to them...
+    converge_until(
+        &mut pods,
+        &admin,
+        &mut cluster_id,
+        5,
+        within,
+        Until::MembersChanged,
+    )
+    .await;
+    assert_eq!(pods.pods.len(), 5);
+    // ...when the spec says 4: node-4 is drained mid-rebalance, then its process goes.
+    let phases = converge(&mut pods, &admin, &mut cluster_id, 4, within).await;
+    assert!(
+        phases.iter().any(|p| matches!(p, ClusterPhase::ChangingMembers { removing, .. } if removing == &["node-4"])),
+        "{phases:?}"
+    );
+    assert_eq!(pods.pods.len(), 4);
+    let members: Vec<MemberNode> = pods.pods.iter().map(|p| p.member.clone()).collect();
+    check_keys(&client, &members).await;
+}
