@@ -5,7 +5,7 @@ CARGO ?= cargo
 RELEASE_DIR := target/release
 NODE_PORT ?= 7000
 
-.PHONY: run node local demo test lint fmt build release crds bench bench-node bench-reads bench-peers bench-memory bench-eviction clean
+.PHONY: run node local demo test lint fmt build release crds manifests bench bench-node bench-reads bench-peers bench-memory bench-eviction clean
 
 ## run: build, start a 3-node local cluster and play every demo scenario on it
 run: demo
@@ -44,6 +44,11 @@ release:
 crds:
 	mkdir -p crds
 	$(CARGO) run --quiet --locked -p dcache-operator -- crd > crds/distributedcache.yaml
+	cp crds/distributedcache.yaml charts/dcache-operator/crds/distributedcache.yaml
+
+## manifests: render manifests/install.yaml from the Helm chart (kubectl apply path)
+manifests:
+	bash tools/render-install.sh > manifests/install.yaml
 
 ## bench: every benchmark program; figures go to bench/results/
 bench: bench-eviction bench-memory bench-node bench-reads bench-peers
