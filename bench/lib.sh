@@ -30,3 +30,15 @@ wait_http() {
 rss_kib() {
   awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
 }
+
+# Prints "requests_per_second p99_ms" for one wrk run with CONNECTIONS connections for
+# DURATION; the arguments go to wrk.
+measure() {
+  wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "$@" | python3 -c '
+import re, sys
+text = sys.stdin.read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+m = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", text)
+p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+print(rps, p99)'
+}

@@ -64,16 +64,6 @@ PY
   rm -f "$work/apis"
 }
 
-# Prints "requests_per_second p99_ms" for one wrk run.
-measure() {
-  wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "$@" | python3 -c '
-import re, sys
-text = sys.stdin.read()
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-m = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", text)
-p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-print(rps, p99)'
-}
 
 declare -A results
 for round in $(seq "$ROUNDS"); do

@@ -82,17 +82,7 @@ fn install_yaml_is_the_rendered_chart_and_grants_every_call() {
         "manifests/install.yaml is stale: run `make manifests`"
     );
     let documents = documents(&text);
-    for document in documents
-        .iter()
-        .filter(|d| d["kind"] != "CustomResourceDefinition")
-    {
-        parse_typed(document);
-    }
-    let role = documents
-        .iter()
-        .find(|d| d["kind"] == "ClusterRole")
-        .expect("a ClusterRole");
-    assert_allows_every_call(role, "manifests/install.yaml");
+    check_rendered(&documents, "manifests/install.yaml");
     let deployment = documents
         .iter()
         .find(|d| d["kind"] == "Deployment")
@@ -130,6 +120,22 @@ fn run_helm(helm: &std::path::Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
+}
+
+/// Every object of an install path parses as its typed Kubernetes object, and its
+/// ClusterRole allows every call the operator makes.
+fn check_rendered(documents: &[serde_yaml::Value], source: &str) {
+    for document in documents
+        .iter()
+        .filter(|d| d["kind"] != "CustomResourceDefinition")
+    {
+        parse_typed(document);
+    }
+    let role = documents
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole")
+        .expect("a ClusterRole");
+    assert_allows_every_call(role, source);
 }
 
 /// Parses `document` into the typed Kubernetes object of its kind; unknown kinds fail.
@@ -197,17 +203,7 @@ fn the_helm_chart_lints_renders_typed_objects_and_carries_the_generated_crd() {
         let rendered = run_helm(&helm, &args);
         let documents = documents(&rendered);
         assert!(documents.len() >= 5, "{values:?}: {rendered}");
-        for document in documents
-            .iter()
-            .filter(|d| d["kind"] != "CustomResourceDefinition")
-        {
-            parse_typed(document);
-        }
-        let role = documents
-            .iter()
-            .find(|d| d["kind"] == "ClusterRole")
-            .expect("a ClusterRole");
-        assert_allows_every_call(role, "the chart");
+        check_rendered(&documents, "the chart");
     }
     let chart_crd = std::fs::read_to_string(repo_path(
         "charts/dcache-operator/crds/distributedcache.yaml",
