@@ -460,6 +460,15 @@ impl Client {
         addrs.into_iter().zip(views).collect()
     }
 
+    /// The `GET /cluster` answers of the known nodes that answered.
+    pub async fn answered_cluster_views(&self) -> Vec<ClusterStatus> {
+        self.cluster_views()
+            .await
+            .into_iter()
+            .filter_map(|(_, view)| view.ok())
+            .collect()
+    }
+
     /// `GET /cluster` of the node at `addr`.
     pub async fn cluster_view(&self, addr: &str) -> Result<ClusterStatus> {
         // Short: a map refresh asks every node at once and must not wait long on

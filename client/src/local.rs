@@ -537,12 +537,7 @@ pub async fn wait_all_led(client: &Client, deadline: Instant) -> anyhow::Result<
 
 /// The view of the cluster group's leader, which runs the balancer.
 pub async fn balancer_view(client: &Client) -> Option<ClusterStatus> {
-    let views: Vec<ClusterStatus> = client
-        .cluster_views()
-        .await
-        .into_iter()
-        .filter_map(|(_, view)| view.ok())
-        .collect();
+    let views = client.answered_cluster_views().await;
     views
         .iter()
         .find(|v| v.rebalance.active && v.cluster_leader.as_deref() == Some(v.node.as_str()))
@@ -574,12 +569,7 @@ pub async fn wait_rebalanced(client: &Client, deadline: Instant) -> anyhow::Resu
 /// counts it among its voters.
 async fn wait_drained(client: &Client, name: &str, deadline: Instant) -> anyhow::Result<()> {
     loop {
-        let views: Vec<ClusterStatus> = client
-            .cluster_views()
-            .await
-            .into_iter()
-            .filter_map(|(_, view)| view.ok())
-            .collect();
+        let views = client.answered_cluster_views().await;
         let holds = |v: &ClusterStatus| {
             v.members
                 .iter()

@@ -321,9 +321,7 @@ impl Cluster {
         candidates.extend(request.voters.values().map(|n| n.raft_addr.clone()));
         candidates.extend(
             state
-                .members
-                .values()
-                .chain(state.leaving.values())
+                .members_and_leaving()
                 .map(|m| m.node.raft_addr.clone()),
         );
         let mut tried = BTreeSet::new();

@@ -50,8 +50,8 @@ impl Cluster {
     /// Why `group` can never elect a leader again, or `None` if it may (or if some
     /// member cannot be asked: it may hold a healthy copy).
     async fn lost_for_good(&self, state: &ClusterState, group: GroupId) -> Option<String> {
-        let live: BTreeSet<NodeId> = all_members(state).map(|m| m.raft_id).collect();
-        let answers = join_all(all_members(state).map(|member| async move {
+        let live: BTreeSet<NodeId> = state.members_and_leaving().map(|m| m.raft_id).collect();
+        let answers = join_all(state.members_and_leaving().map(|member| async move {
             let answer = self
                 .groups
                 .transport
@@ -121,7 +121,7 @@ impl Cluster {
         let drop_everywhere = DropRequest {
             removed_at: u64::MAX,
         };
-        let dropped = join_all(all_members(state).map(|member| {
+        let dropped = join_all(state.members_and_leaving().map(|member| {
             self.groups.transport.call_incarnation::<_, bool>(
                 &member.node.raft_addr,
                 Some(member.raft_id),
@@ -167,8 +167,4 @@ impl Cluster {
             }
         }
     }
-}
-
-fn all_members(state: &ClusterState) -> impl Iterator<Item = &crate::raft::cluster_state::Member> {
-    state.members.values().chain(state.leaving.values())
 }

@@ -76,12 +76,15 @@ impl ClusterState {
         self.members.get(name)
     }
 
+    /// Members and the former members still being drained: every node that may hold
+    /// a replica.
+    pub fn members_and_leaving(&self) -> impl Iterator<Item = &Member> {
+        self.members.values().chain(self.leaving.values())
+    }
+
     /// A member or a leaving member by its Raft identity.
     pub fn member_by_raft_id(&self, raft_id: NodeId) -> Option<&Member> {
-        self.members
-            .values()
-            .chain(self.leaving.values())
-            .find(|m| m.raft_id == raft_id)
+        self.members_and_leaving().find(|m| m.raft_id == raft_id)
     }
 
     /// Applies `command` to the state `current` (None before init).

@@ -187,12 +187,7 @@ pub async fn cluster(nodes: &[String]) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let views: Vec<ClusterStatus> = client
-        .cluster_views()
-        .await
-        .into_iter()
-        .filter_map(|(_, view)| view.ok())
-        .collect();
+    let views = client.answered_cluster_views().await;
     print!("{}", render_cluster(&map, &views));
     Ok(ExitCode::SUCCESS)
 }
