@@ -5,7 +5,7 @@ CARGO ?= cargo
 RELEASE_DIR := target/release
 NODE_PORT ?= 7000
 
-.PHONY: run node local demo test lint fmt build release crds manifests bench bench-node bench-reads bench-peers bench-memory bench-eviction clean
+.PHONY: run node local demo test lint fmt build release crds manifests fuzz chaos bench bench-node bench-reads bench-peers bench-memory bench-eviction clean
 
 ## run: build, start a 3-node local cluster and play every demo scenario on it
 run: demo
@@ -49,6 +49,18 @@ crds:
 ## manifests: render manifests/install.yaml from the Helm chart (kubectl apply path)
 manifests:
 	bash tools/render-install.sh > manifests/install.yaml
+
+## fuzz: every cargo-fuzz target for FUZZ_SECONDS each (installs cargo-fuzz if missing);
+## executions per target go to target/fuzz-report.txt
+FUZZ_SECONDS ?= 60
+fuzz:
+	bash tools/fuzz.sh $(FUZZ_SECONDS)
+
+## chaos: the chaos test (kills, isolation, cut links under load) for CHAOS_SECONDS
+## instead of the bounded run make test does
+CHAOS_SECONDS ?= 600
+chaos:
+	DCACHE_CHAOS_SECONDS=$(CHAOS_SECONDS) $(CARGO) test --locked -p dcache-node --test chaos -- --nocapture
 
 ## bench: every benchmark program; figures go to bench/results/
 bench: bench-eviction bench-memory bench-node bench-reads bench-peers

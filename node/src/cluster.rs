@@ -66,6 +66,9 @@ pub struct Cluster {
     pub groups: Arc<Groups>,
     pub ring: RingSettings,
     pub(crate) balancer: std::sync::Mutex<BalancerState>,
+    /// Set once this incarnation held, as a voter, every replica the placement gives
+    /// it; see [`Cluster::not_ready_reason`].
+    filled: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -74,6 +77,7 @@ impl Cluster {
             groups,
             ring,
             balancer: Default::default(),
+            filled: Default::default(),
         }
     }
 
@@ -492,14 +496,29 @@ impl Cluster {
     /// Why this node is not ready, if it is not: ready means joined, and every replica
     /// held here knows its leader and has applied what the cluster has committed
     /// (within [`READY_LAG`] entries).
+    ///
+    /// A member that starts empty (new, or restarted without its state) is also not
+    /// ready until it votes in every partition the placement gives it. Otherwise a
+    /// rolling restart would stop the next node while the partitions of the last one
+    /// still count its former incarnation among their voters: two of three replicas
+    /// down at once. Once filled, it stays so: replicas it takes on later (another
+    /// member drained) are caught up while it keeps serving.
     pub fn not_ready_reason(&self) -> Option<String> {
-        if self.state().is_none() {
+        let Some(state) = self.state() else {
             return Some("not yet a member of an initialised cluster".into());
+        };
+        let initialized = self.groups.initialized();
+        if !self.filled.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(reason) = self.unfilled_reason(&state, &initialized) {
+                return Some(reason);
+            }
+            self.filled
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let index = |log_id: Option<openraft::type_config::alias::LogIdOf<TypeConfig>>| {
             log_id.map_or(0, |id| id.index)
         };
-        self.groups.initialized().iter().find_map(|(group, raft)| {
+        initialized.iter().find_map(|(group, raft)| {
             let metrics = raft.metrics().borrow_watched().clone();
             let name = group_name(*group);
             let applied = index(metrics.last_applied);
@@ -514,6 +533,43 @@ impl Cluster {
                 None
             }
         })
+    }
+
+    /// The first partition the placement gives this member that it does not yet vote
+    /// in, if any (none for a node outside the ring).
+    fn unfilled_reason(
+        &self,
+        state: &ClusterState,
+        initialized: &BTreeMap<GroupId, crate::raft::GroupRaft>,
+    ) -> Option<String> {
+        let me = &self.groups.me.name;
+        if !state.members.contains_key(me) {
+            return None;
+        }
+        let placement = state.placement();
+        placement
+            .replicas
+            .iter()
+            .enumerate()
+            .filter(|(_, replicas)| replicas.contains(me))
+            .find_map(|(partition, _)| {
+                let partition = partition as PartitionId;
+                let votes = initialized
+                    .get(&partition_group(partition))
+                    .is_some_and(|raft| {
+                        raft.metrics()
+                            .borrow_watched()
+                            .membership_config
+                            .membership()
+                            .voter_ids()
+                            .any(|id| id == self.groups.id)
+                    });
+                (!votes).then(|| {
+                    format!(
+                        "partition {partition} is not yet replicated here (this node started empty)"
+                    )
+                })
+            })
     }
 }
 

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod cluster;
 pub mod cluster_metrics;
 pub mod config;
+pub mod fuzzing;
 pub mod http;
 pub mod lost;
 pub mod metrics;

@@ -108,6 +108,26 @@ async fn a_node_restarted_without_state_rejoins_under_a_new_incarnation() {
     let reason = first.text().await.unwrap();
     assert!(reason.contains("not ready"), "{reason}");
     cluster.wait_ready(Duration::from_secs(90)).await;
+    // Ready only once it votes again wherever the placement puts it, so that a rolling
+    // restart never takes the next node while a partition still counts the old one.
+    for partition in cluster.cluster_status(1).await["partitions"]
+        .as_array()
+        .unwrap()
+    {
+        if partition["replicas"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("node-1"))
+        {
+            assert!(
+                partition["voters"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("node-1")),
+                "node-1 ready before it votes in {partition}"
+            );
+        }
+    }
     cluster
         .wait_rebalanced(&[0, 1, 2], Duration::from_secs(90))
         .await;

@@ -68,6 +68,10 @@ pub async fn status(State(node): State<Arc<Node>>) -> Result<Json<ClusterStatus>
 pub struct FaultRequest {
     /// Cut this node off from every peer (Raft traffic both ways, request forwarding).
     pub isolated: bool,
+    /// Raft addresses (`host:port`) this node stops sending Raft traffic to, replacing
+    /// any earlier cut; cut both ends of a link for a symmetric cut.
+    #[serde(default)]
+    pub cut_links: Vec<String>,
 }
 
 pub async fn fault(
@@ -82,6 +86,13 @@ pub async fn fault(
     let cluster = cluster(&node)?;
     let request: FaultRequest = parse(&body)?;
     cluster.groups.transport.set_isolated(request.isolated);
-    tracing::warn!(isolated = request.isolated, "fault injection");
-    Ok(Json(serde_json::json!({"isolated": request.isolated})))
+    cluster
+        .groups
+        .transport
+        .set_cut_links(request.cut_links.iter().cloned().collect());
+    tracing::warn!(isolated = request.isolated, cut_links = ?request.cut_links, "fault injection");
+    Ok(Json(serde_json::json!({
+        "isolated": request.isolated,
+        "cut_links": request.cut_links,
+    })))
 }

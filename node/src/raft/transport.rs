@@ -5,7 +5,7 @@
 //! Wire format: `POST http://{raft_addr}/raft/{group}/{operation}` with a postcard body;
 //! the answer is a postcard `Result<Response, String>`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -71,6 +71,9 @@ pub struct Transport {
     addresses: Arc<RwLock<HashMap<NodeId, String>>>,
     /// Fault injection: an isolated node neither sends nor accepts Raft traffic.
     isolated: Arc<AtomicBool>,
+    /// Fault injection: Raft addresses this node does not send to (a cut link; cutting
+    /// both ends makes it symmetric).
+    cut_links: Arc<RwLock<HashSet<String>>>,
     /// The node's Raft event counters, reachable from everything that holds the
     /// transport.
     pub counters: RaftCounters,
@@ -93,6 +96,7 @@ impl Transport {
             client,
             addresses: Arc::default(),
             isolated: Arc::default(),
+            cut_links: Arc::default(),
             counters: RaftCounters::new(),
             append_order: Arc::default(),
         }
@@ -132,6 +136,18 @@ impl Transport {
 
     pub fn is_isolated(&self) -> bool {
         self.isolated.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the set of Raft addresses this node cannot reach (empty heals them).
+    pub fn set_cut_links(&self, raft_addrs: HashSet<String>) {
+        *self.cut_links.write().unwrap_or_else(|p| p.into_inner()) = raft_addrs;
+    }
+
+    fn is_cut_from(&self, raft_addr: &str) -> bool {
+        self.cut_links
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(raft_addr)
     }
 
     /// Sends one RPC to the Raft endpoint at `addr`.
@@ -183,10 +199,10 @@ impl Transport {
         body: reqwest::Body,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        if self.is_isolated() {
+        if self.is_isolated() || self.is_cut_from(addr) {
             return Err(CallError::Unreachable(
                 addr.into(),
-                "isolated by fault injection".into(),
+                "cut off by fault injection".into(),
             ));
         }
         let mut post = self

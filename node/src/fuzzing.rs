@@ -1,0 +1,494 @@
+//! Entry points for the fuzz targets in `fuzz/` (run by `make fuzz` under cargo-fuzz),
+//! also replayed over their seed corpora by `make test` (`tests/fuzz_corpus.rs`), so a
+//! crash the fuzzer once found stays fixed.
+//!
+//! Each takes arbitrary bytes, feeds them where hostile input can arrive — a cache API
+//! request, an internal Raft RPC body, a snapshot stream — and panics only when an
+//! invariant breaks: anything the input can do must end in a clear refusal or a clean
+//! success, never a crash, a 500, or a half-applied change.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use axum::body::{Body, Bytes};
+use axum::http::{Method, Request, StatusCode, Uri, header};
+use http_body_util::BodyExt;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    VoteRequest, VoteResponse,
+};
+use openraft::type_config::alias::{SnapshotMetaOf, VoteOf};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tower::ServiceExt;
+
+use crate::clock::Clock;
+use crate::http::{Limits, Node, router};
+use crate::raft::membership::{CopyStatus, DropRequest, ReconcileOutcome, ReconcileRequest};
+use crate::raft::rpc::WriteOutcome;
+use crate::raft::{ClusterState, Command, CommandResult, MemberNode, NodeId, TypeConfig, snapshot};
+use crate::store::{EvictionPolicy, Store, StoreConfig, read_snapshot, write_snapshot};
+
+/// Small limits, so that inputs a fuzzer can reach exercise the 413 paths.
+const LIMITS: Limits = Limits {
+    max_key_bytes: 64,
+    max_value_bytes: 256,
+};
+const PARTITIONS: u32 = 8;
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    })
+}
+
+fn fresh_store() -> Store {
+    Store::new(
+        StoreConfig {
+            max_memory: 1 << 20,
+            eviction_policy: EvictionPolicy::Tinylfu,
+        },
+        Clock::new(),
+    )
+}
+
+/// What the store did, compared before and after a refused request.
+fn store_fingerprint(store: &Store) -> (u64, u64, u64) {
+    store.run_maintenance();
+    let stats = store.stats();
+    (stats.keys, stats.sets, stats.deletes)
+}
+
+/// One cache API request, decoded from `data` as: a method byte, a content-type byte,
+/// then the request target and the body separated by the first `\n`. A target that is
+/// not a valid URI is what hyper refuses before the router sees it, so it is skipped.
+///
+/// Invariants: no 5xx from a standalone node; every error is JSON with an `error`
+/// string; a refused request changes nothing in the store.
+pub fn http_request(data: &[u8]) {
+    http_status(data);
+}
+
+/// [`http_request`], saying what the node answered (`None`: not a request at all).
+fn http_status(data: &[u8]) -> Option<StatusCode> {
+    let [method, content_type, rest @ ..] = data else {
+        return None;
+    };
+    let method = match method % 6 {
+        0 => Method::GET,
+        1 => Method::PUT,
+        2 => Method::POST,
+        3 => Method::DELETE,
+        4 => Method::HEAD,
+        _ => Method::PATCH,
+    };
+    let content_type = match content_type % 5 {
+        0 => Some("application/json"),
+        1 => Some("application/octet-stream"),
+        2 => Some("text/plain"),
+        3 => Some("application/json; charset=utf-8"),
+        _ => None,
+    };
+    let (target, body) = match rest.iter().position(|b| *b == b'\n') {
+        Some(at) => (&rest[..at], &rest[at + 1..]),
+        None => (rest, &[][..]),
+    };
+    let target = if target.starts_with(b"/") {
+        target.to_vec()
+    } else {
+        [b"/cache/".as_slice(), target].concat()
+    };
+    let Ok(uri) = Uri::try_from(target) else {
+        return None;
+    };
+    let head = method == Method::HEAD;
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(content_type) = content_type {
+        request = request.header(header::CONTENT_TYPE, content_type);
+    }
+    let Ok(request) = request.body(Body::from(body.to_vec())) else {
+        return None;
+    };
+
+    let node = Arc::new(Node::new(
+        "fuzz".into(),
+        fresh_store(),
+        LIMITS,
+        None,
+        PARTITIONS,
+    ));
+    // A key already there, so deletes and replacements have something to change.
+    node.store.set(
+        Bytes::from_static(b"present"),
+        crate::store::Entry {
+            kind: crate::store::ValueKind::Json,
+            data: Bytes::from_static(b"1"),
+            expires_at: None,
+        },
+    );
+    let before = store_fingerprint(&node.store);
+    let (status, content_type, body) = runtime().block_on(async {
+        let response = router(node.clone())
+            .oneshot(request)
+            .await
+            .expect("the router is infallible");
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        (status, content_type, body)
+    });
+
+    assert!(
+        !status.is_server_error(),
+        "a standalone node answered {status}: {:?}",
+        String::from_utf8_lossy(&body)
+    );
+    if status.is_client_error() {
+        assert_eq!(
+            store_fingerprint(&node.store),
+            before,
+            "a refused request ({status}) changed the store"
+        );
+    }
+    if status.is_client_error() && !head {
+        assert_eq!(
+            content_type.as_deref(),
+            Some("application/json"),
+            "errors are JSON ({status})"
+        );
+        let error: serde_json::Value =
+            serde_json::from_slice(&body).expect("an error body is JSON");
+        assert!(error["error"].is_string(), "no error message: {error}");
+    }
+    Some(status)
+}
+
+/// Decodes `body` as the postcard message `T` as the Raft endpoint would; whatever
+/// decodes must encode back to bytes that decode again to the same encoding.
+fn decodes_canonically<T: Serialize + DeserializeOwned>(body: &[u8]) -> bool {
+    let Ok(message) = crate::raft::rpc::decode::<T>(body) else {
+        return false;
+    };
+    let encoded = postcard::to_stdvec(&message).expect("a decoded message encodes");
+    let again: T = postcard::from_bytes(&encoded).expect("an encoded message decodes");
+    assert_eq!(
+        postcard::to_stdvec(&again).expect("encodes"),
+        encoded,
+        "encoding is not stable"
+    );
+    true
+}
+
+/// One internal RPC body: the first byte picks the message type (every request the
+/// Raft endpoint decodes and every answer the transport decodes), the rest is the body.
+pub fn raft_rpc(data: &[u8]) {
+    if let [kind, body @ ..] = data {
+        decode_rpc(*kind, body);
+    }
+}
+
+/// Whether `body` decoded as the message type `kind` picks.
+fn decode_rpc(kind: u8, body: &[u8]) -> bool {
+    type Answer<T> = Result<T, String>;
+    match kind % 16 {
+        0 => decodes_canonically::<AppendEntriesRequest<TypeConfig>>(body),
+        1 => decodes_canonically::<VoteRequest<TypeConfig>>(body),
+        2 => decodes_canonically::<TransferLeaderRequest<TypeConfig>>(body),
+        3 => decodes_canonically::<Command>(body),
+        4 => decodes_canonically::<ReconcileRequest>(body),
+        5 => decodes_canonically::<DropRequest>(body),
+        6 => decodes_canonically::<BTreeMap<NodeId, MemberNode>>(body),
+        7 => decodes_canonically::<(VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>)>(body),
+        8 => decodes_canonically::<Answer<AppendEntriesResponse<TypeConfig>>>(body),
+        9 => decodes_canonically::<Answer<VoteResponse<TypeConfig>>>(body),
+        10 => decodes_canonically::<Answer<SnapshotResponse<TypeConfig>>>(body),
+        11 => decodes_canonically::<Answer<WriteOutcome>>(body),
+        12 => decodes_canonically::<Answer<ReconcileOutcome>>(body),
+        13 => decodes_canonically::<Answer<(NodeId, CopyStatus)>>(body),
+        14 => decodes_canonically::<Answer<CommandResult>>(body),
+        _ => decodes_canonically::<Answer<bool>>(body),
+    }
+}
+
+/// Snapshot bytes as they arrive from a peer: the first byte picks the decoder (the
+/// framed stream, a partition's entries, the cluster state), the second how the stream
+/// is cut into pieces.
+pub fn snapshot(data: &[u8]) {
+    let [kind, cut, body @ ..] = data else {
+        return;
+    };
+    match kind % 3 {
+        0 => framed_stream(body, usize::from(*cut).max(1)),
+        1 => partition_entries(body),
+        _ => {
+            // A cluster snapshot is the cluster state as JSON; anything that decodes must
+            // survive a round trip.
+            if let Ok(state) = serde_json::from_slice::<ClusterState>(body) {
+                let text = serde_json::to_vec(&state).expect("state encodes");
+                serde_json::from_slice::<ClusterState>(&text).expect("state decodes again");
+            }
+        }
+    }
+}
+
+fn framed_stream(body: &[u8], piece: usize) {
+    const MAX_BYTES: u64 = 64 * 1024;
+    let pieces: Vec<Result<Bytes, std::convert::Infallible>> = body
+        .chunks(piece)
+        .map(|p| Ok(Bytes::copy_from_slice(p)))
+        .collect();
+    let read = runtime().block_on(snapshot::read_frames(
+        futures_util::stream::iter(pieces),
+        MAX_BYTES,
+    ));
+    if let Ok((_, chunks)) = read {
+        assert!(chunks.len() <= MAX_BYTES, "read past the snapshot limit");
+        assert!(
+            chunks
+                .chunks()
+                .iter()
+                .all(|c| c.len() <= snapshot::CHUNK_BYTES)
+        );
+    }
+}
+
+fn partition_entries(body: &[u8]) {
+    if let Ok(entries) = read_snapshot(body) {
+        let mut encoded = Vec::new();
+        write_snapshot(&mut encoded, entries.clone().into_iter()).expect("entries encode");
+        let again = read_snapshot(&encoded[..]).expect("written entries read back");
+        assert_eq!(again, entries, "entries changed in a round trip");
+    }
+    // Restoring into a store either replaces the partition or changes nothing.
+    let store = fresh_store();
+    let keeper = (0u32..)
+        .map(|i| Bytes::from(format!("keeper-{i}")))
+        .find(|key| dcache_protocol::partition_of(key, PARTITIONS) == 0)
+        .expect("some key lands in partition 0");
+    store.set(
+        keeper.clone(),
+        crate::store::Entry {
+            kind: crate::store::ValueKind::Bytes,
+            data: Bytes::from_static(b"kept"),
+            expires_at: None,
+        },
+    );
+    if store.restore_partition(0, PARTITIONS, body).is_err() {
+        assert!(
+            store.get(&keeper).is_some(),
+            "a refused snapshot changed the store"
+        );
+    }
+}
+
+/// A fuzz target: arbitrary bytes in, a panic only on a broken invariant.
+pub type Target = fn(&[u8]);
+
+/// The fuzz targets, by the name of their file in `fuzz/fuzz_targets/`.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("http_request", http_request),
+    ("raft_rpc", raft_rpc),
+    ("snapshot", snapshot),
+];
+
+/// Well-formed inputs to start each target from: what real peers and clients send.
+/// `make fuzz` writes them into the working corpus; the tests replay them.
+pub fn seeds(target: &str) -> Vec<Vec<u8>> {
+    match target {
+        "http_request" => http_seeds(),
+        "raft_rpc" => raft_seeds(),
+        "snapshot" => snapshot_seeds(),
+        other => panic!("no fuzz target {other:?}"),
+    }
+}
+
+fn http_seeds() -> Vec<Vec<u8>> {
+    let request = |method: u8, content_type: u8, target: &str, body: &[u8]| {
+        [&[method, content_type][..], target.as_bytes(), b"\n", body].concat()
+    };
+    vec![
+        request(0, 4, "/cache/present", b""),
+        request(0, 4, "/cache/present?consistency=local", b""),
+        request(
+            1,
+            0,
+            "/cache/k",
+            br#"{"value": {"a": [1, 2.5, "x"]}, "ttl": 30}"#,
+        ),
+        request(2, 3, "/cache/k%20%FF", br#"{"value": "v", "ttl": 0.5}"#),
+        request(1, 1, "/cache/raw?ttl=10", b"\x00\x01\x02bytes"),
+        request(3, 4, "/cache/present", b""),
+        request(0, 4, "/stats", b""),
+        request(0, 4, "/health", b""),
+        request(5, 0, "/cache/k", b"{}"),
+        request(1, 2, "/cache/k", b"text"),
+    ]
+}
+
+fn raft_seeds() -> Vec<Vec<u8>> {
+    use openraft::{EntryPayload, LogId, Vote};
+    let encode = |kind: u8, message: &dyn erased::Encode| [vec![kind], message.encode()].concat();
+    let set = Command::Set {
+        key: Bytes::from_static(b"key"),
+        kind: crate::store::ValueKind::Json,
+        data: Bytes::from_static(b"{\"a\":1}"),
+        expires_at: Some(1_900_000_000_000),
+    };
+    let member = MemberNode {
+        name: "node-1".into(),
+        api_addr: "127.0.0.1:7000".into(),
+        raft_addr: "127.0.0.1:7100".into(),
+    };
+    let members: BTreeMap<NodeId, MemberNode> = [(7, member)].into();
+    let vote = Vote::new(3, 7);
+    let leader = openraft::impls::leader_id_adv::LeaderId {
+        term: 3,
+        node_id: 7,
+    };
+    let log_id = LogId::new(leader, 41);
+    let append = AppendEntriesRequest::<TypeConfig> {
+        vote,
+        prev_log_id: Some(log_id),
+        entries: vec![openraft::Entry {
+            log_id: LogId::new(leader, 42),
+            payload: EntryPayload::Normal(set.clone()),
+        }],
+        leader_commit: Some(log_id),
+    };
+    let vote_request = VoteRequest::<TypeConfig> {
+        vote,
+        last_log_id: Some(log_id),
+        leadership_transfer: false,
+    };
+    vec![
+        encode(0, &append),
+        encode(1, &vote_request),
+        encode(3, &set),
+        encode(
+            3,
+            &Command::Delete {
+                key: Bytes::from_static(b"key"),
+            },
+        ),
+        encode(
+            4,
+            &ReconcileRequest {
+                voters: members.clone(),
+                learners: BTreeMap::new(),
+                preferred_leader: Some(7),
+                may_start: true,
+            },
+        ),
+        encode(5, &DropRequest { removed_at: 42 }),
+        encode(6, &members),
+        encode(14, &Ok::<_, String>(CommandResult { existed: true })),
+        encode(11, &Err::<WriteOutcome, _>("not leader".to_owned())),
+    ]
+}
+
+/// Postcard encoding behind a trait object, so seeds of different types share a list.
+mod erased {
+    pub trait Encode {
+        fn encode(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Encode for T {
+        fn encode(&self) -> Vec<u8> {
+            postcard::to_stdvec(self).expect("a seed encodes")
+        }
+    }
+}
+
+fn snapshot_seeds() -> Vec<Vec<u8>> {
+    let entries = || {
+        (0..4u8).map(|i| {
+            (
+                Bytes::from(format!("key-{i}")),
+                crate::store::Entry {
+                    kind: crate::store::ValueKind::Bytes,
+                    data: Bytes::from(vec![i; usize::from(i) * 3]),
+                    expires_at: (i % 2 == 0).then_some(1_900_000_000_000),
+                },
+            )
+        })
+    };
+    let mut partition = Vec::new();
+    write_snapshot(&mut partition, entries()).expect("entries encode");
+    let mut writer = snapshot::ChunkWriter::default();
+    std::io::Write::write_all(&mut writer, &partition).expect("in memory");
+    let framed: Vec<u8> = runtime().block_on(async {
+        use futures_util::StreamExt;
+        snapshot::frames(Bytes::from_static(b"header"), &writer.finish())
+            .map(|frame| frame.expect("in memory").to_vec())
+            .collect::<Vec<_>>()
+            .await
+            .concat()
+    });
+    let state = serde_json::json!({
+        "cluster_id": "seed", "partitions": 8, "replication": 3, "vnodes": 150,
+        "members": {}, "epoch": 1
+    });
+    vec![
+        [&[0, 7][..], &framed].concat(),
+        [&[1, 0][..], &partition].concat(),
+        [&[2, 0][..], state.to_string().as_bytes()].concat(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_seeds_are_requests_the_node_serves() {
+        let statuses: Vec<Option<StatusCode>> =
+            http_seeds().iter().map(|s| http_status(s)).collect();
+        assert!(statuses.iter().all(Option::is_some), "{statuses:?}");
+        let ok = statuses
+            .iter()
+            .filter(|s| **s == Some(StatusCode::OK))
+            .count();
+        assert!(
+            ok >= 6,
+            "most seeds succeed, a few are refused: {statuses:?}"
+        );
+    }
+
+    #[test]
+    fn raft_seeds_decode_as_the_message_they_are_meant_for() {
+        for seed in raft_seeds() {
+            assert!(decode_rpc(seed[0], &seed[1..]), "{seed:?}");
+        }
+    }
+
+    #[test]
+    fn snapshot_seeds_decode() {
+        let seeds = snapshot_seeds();
+        let framed = &seeds[0][2..];
+        let pieces = vec![Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(
+            framed,
+        ))];
+        let (header, chunks) = runtime()
+            .block_on(snapshot::read_frames(
+                futures_util::stream::iter(pieces),
+                1 << 20,
+            ))
+            .expect("the framed seed reads");
+        assert_eq!(&header[..], b"header");
+        assert!(!chunks.is_empty());
+        assert_eq!(read_snapshot(&seeds[1][2..]).expect("entries").len(), 4);
+        serde_json::from_slice::<ClusterState>(&seeds[2][2..]).expect("a cluster state");
+    }
+}
