@@ -601,10 +601,20 @@ pub fn service_monitor_resource() -> ApiResource {
 pub fn desired_service_monitor(dc: &DistributedCache) -> DynamicObject {
     let mut selector = selector_labels(dc);
     selector.insert("dcache.io/service".to_owned(), "peers".to_owned());
+    let mut endpoint = json!({"port": "http", "path": "/metrics", "interval": "30s"});
+    if let Some(tls) = &dc.spec.tls {
+        // Prometheus scrapes pod IPs: verify against the cluster's CA, under the client
+        // Service's name, which the certificate carries.
+        endpoint["scheme"] = json!("https");
+        endpoint["tlsConfig"] = json!({
+            "ca": {"secret": {"name": tls.secret_name, "key": CA_KEY}},
+            "serverName": format!("{}.{}.svc", client_service_name(dc), dc.namespace().unwrap_or_default()),
+        });
+    }
     let mut monitor = DynamicObject::new(&dc.name_any(), &service_monitor_resource()).data(json!({
         "spec": {
             "selector": {"matchLabels": selector},
-            "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+            "endpoints": [endpoint],
         }
     }));
     monitor.metadata = metadata(dc, dc.name_any());
@@ -622,6 +632,19 @@ mod tests {
         dc.metadata.namespace = Some("prod".to_owned());
         dc.metadata.uid = Some("uid-1".to_owned());
         dc
+    }
+
+    #[test]
+    fn service_monitor_scrapes_over_https_when_tls_is_on() {
+        let plain = desired_service_monitor(&cache(serde_json::json!({})));
+        assert!(plain.data["spec"]["endpoints"][0].get("scheme").is_none());
+        let tls = desired_service_monitor(&cache(
+            serde_json::json!({"tls": {"secretName": "cache-tls"}}),
+        ));
+        let endpoint = &tls.data["spec"]["endpoints"][0];
+        assert_eq!(endpoint["scheme"], "https");
+        assert_eq!(endpoint["tlsConfig"]["ca"]["secret"]["name"], "cache-tls");
+        assert_eq!(endpoint["tlsConfig"]["serverName"], "cache.prod.svc");
     }
 
     #[test]
