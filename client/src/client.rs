@@ -51,9 +51,26 @@ pub struct ClientBuilder {
     routing: Routing,
     consistency: Consistency,
     max_idle_per_host: usize,
+    token: Option<String>,
+    ca_pem: Option<Vec<u8>>,
+    https: bool,
 }
 
 impl ClientBuilder {
+    /// The API token sent with every request (`Authorization: Bearer <token>`), for
+    /// nodes started with `--tokens-file`.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Talks https, trusting exactly the CA certificates in `pem` (the cluster's
+    /// `ca.crt`), for nodes started with `--tls-cert-file`.
+    pub fn ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self.https = true;
+        self
+    }
     /// How long one HTTP request may take (default 5 s).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
@@ -104,15 +121,46 @@ impl ClientBuilder {
             .iter()
             .map(|node| normalize_addr(node))
             .collect::<Result<Vec<_>>>()?;
-        let http = reqwest::Client::builder()
+        let https = self.https
+            || self
+                .nodes
+                .iter()
+                .any(|node| node.trim().starts_with("https://"));
+        let mut http = reqwest::Client::builder()
             .pool_max_idle_per_host(self.max_idle_per_host)
+            // Below the nodes' default header read timeout (10 s), which also closes
+            // idle connections: the client drops a pooled connection first.
+            .pool_idle_timeout(Duration::from_secs(5))
             .connect_timeout(self.request_timeout.min(Duration::from_secs(2)))
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        if let Some(token) = &self.token {
+            let mut value =
+                header::HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+                    Error::Security("the API token has a character a header cannot carry".into())
+                })?;
+            value.set_sensitive(true);
+            http = http.default_headers(header::HeaderMap::from_iter([(
+                header::AUTHORIZATION,
+                value,
+            )]));
+        }
+        if let Some(pem) = &self.ca_pem {
+            let certificates = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Error::Security(format!("invalid CA certificate: {e}")))?;
+            if certificates.is_empty() {
+                return Err(Error::Security("no CA certificate in the PEM given".into()));
+            }
+            for certificate in certificates {
+                http = http.add_root_certificate(certificate);
+            }
+        }
+        let http = http
             .build()
             .map_err(|e| Error::ClusterMap(format!("cannot build the HTTP client: {e}")))?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
+                scheme: if https { "https" } else { "http" },
                 seeds,
                 options: self,
                 map: RwLock::new(None),
@@ -187,6 +235,8 @@ pub struct Client {
 struct Inner {
     /// One pooled HTTP client for every request to every node.
     http: reqwest::Client,
+    /// `http` or `https`, for every node alike.
+    scheme: &'static str,
     /// Normalised `host:port` of the nodes the client was given.
     seeds: Vec<String>,
     options: ClientBuilder,
@@ -232,6 +282,9 @@ impl Client {
             routing: Routing::Smart,
             consistency: Consistency::Linearizable,
             max_idle_per_host: 64,
+            token: None,
+            ca_pem: None,
+            https: false,
         }
     }
 
@@ -492,7 +545,7 @@ impl Client {
         let response = self
             .inner
             .http
-            .get(format!("http://{addr}{path}"))
+            .get(format!("{}://{addr}{path}", self.inner.scheme))
             .timeout(timeout)
             .send()
             .await
@@ -520,7 +573,7 @@ impl Client {
         let response = self
             .inner
             .http
-            .request(method, format!("http://{addr}{path}"))
+            .request(method, format!("{}://{addr}{path}", self.inner.scheme))
             .timeout(timeout)
             .json(body)
             .send()
@@ -587,8 +640,8 @@ impl Client {
             attempts += 1;
             let (addr, seen_version) = self.target(key, attempts).await;
             let url = match &query {
-                Some(query) => format!("http://{addr}{path}?{query}"),
-                None => format!("http://{addr}{path}"),
+                Some(query) => format!("{}://{addr}{path}?{query}", self.inner.scheme),
+                None => format!("{}://{addr}{path}", self.inner.scheme),
             };
             let timeout = options
                 .request_timeout
@@ -809,11 +862,13 @@ fn encode_key(key: &[u8]) -> String {
     percent_encode(key, KEY_ENCODE).to_string()
 }
 
-/// `host:port` of a node given as `host:port` or `http://host:port[/]`.
+/// `host:port` of a node given as `host:port`, `http://host:port[/]` or
+/// `https://host:port[/]`.
 pub fn normalize_addr(addr: &str) -> Result<String> {
     let trimmed = addr.trim();
     let bare = trimmed
         .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"))
         .unwrap_or(trimmed)
         .trim_end_matches('/');
     let invalid = || Error::InvalidAddress(addr.to_owned());

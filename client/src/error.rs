@@ -14,6 +14,9 @@ pub enum Error {
     InvalidAddress(String),
     #[error("no node addresses given")]
     NoNodes,
+    /// A token or CA certificate the client cannot use.
+    #[error("invalid client security option: {0}")]
+    Security(String),
     /// The node refused the request (a 4xx other than 404): retrying cannot help.
     #[error("the node refused the request ({status}): {message}")]
     Refused { status: u16, message: String },
@@ -49,6 +52,7 @@ impl Error {
         match self {
             Self::InvalidAddress(_) => "invalid_address",
             Self::NoNodes => "no_nodes",
+            Self::Security(_) => "security",
             Self::Refused { .. } => "refused",
             Self::Unavailable { .. } => "unavailable",
             Self::Decode { .. } => "decode",

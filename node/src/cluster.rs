@@ -225,8 +225,7 @@ impl Cluster {
     ) -> Result<Identity, reqwest::Error> {
         self.groups
             .transport
-            .http_client()
-            .get(format!("http://{raft_addr}/raft/identity"))
+            .raft_request(reqwest::Method::GET, raft_addr, "/raft/identity")
             .timeout(timeout)
             .send()
             .await?

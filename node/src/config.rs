@@ -1,6 +1,7 @@
 //! Command-line flags of `dcache-node`, each also settable as a `DCACHE_*` variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -129,6 +130,70 @@ pub struct NodeConfig {
     #[arg(long, env = "DCACHE_HTTP_WORKERS", default_value_t = 0)]
     pub http_workers: usize,
 
+    /// API token files (comma-separated or repeated): one token per line,
+    /// `<token> <scope>[,<scope>...]` with scopes read, write, admin. Setting it turns
+    /// authentication on: every route but /health, /ready (and /metrics unless
+    /// --metrics-auth) then needs `Authorization: Bearer <token>`. Re-read when the
+    /// files change.
+    #[arg(long, env = "DCACHE_TOKENS_FILE", value_delimiter = ',')]
+    pub tokens_file: Vec<PathBuf>,
+
+    /// With --tokens-file: /metrics needs a token with the read scope too.
+    #[arg(
+        long,
+        env = "DCACHE_METRICS_AUTH",
+        default_value_t = false,
+        requires = "tokens_file"
+    )]
+    pub metrics_auth: bool,
+
+    /// File holding the cluster secret (at least 16 characters, surrounding
+    /// whitespace ignored): sent with every Raft RPC and required on every one
+    /// received, so only members can speak Raft to this node. Every member needs the
+    /// same secret. Re-read when the file changes.
+    #[arg(long, env = "DCACHE_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+
+    /// PEM certificate chain (e.g. a Secret's tls.crt): serves the API and Raft over
+    /// TLS, and calls peers over https. Re-read when the file changes.
+    #[arg(long, env = "DCACHE_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert-file (tls.key).
+    #[arg(long, env = "DCACHE_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// PEM CA certificates (ca.crt) that peers' certificates are verified against;
+    /// needed by cluster members with TLS on. Re-read when the file changes.
+    #[arg(long, env = "DCACHE_TLS_CA_FILE", requires = "tls_cert_file")]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// How often token, secret and certificate files are checked for changes.
+    #[arg(long, env = "DCACHE_SECRET_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub secret_reload_interval: Duration,
+
+    /// Longest a client may take to send a request's headers (and the TLS handshake);
+    /// also how long an idle keep-alive connection stays open. Slower clients are
+    /// disconnected.
+    #[arg(long, env = "DCACHE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Longest an API request may take from its headers to its response, body
+    /// included; past it the answer is 408.
+    #[arg(long, env = "DCACHE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Most API connections open at once; more are closed as soon as accepted.
+    #[arg(long, env = "DCACHE_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Admin calls (/cluster/init, /cluster/members, /admin/*) served per second,
+    /// in bursts of as many; more get 429.
+    #[arg(long, env = "DCACHE_ADMIN_RATE_LIMIT", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub admin_rate_limit: u32,
+
     /// Log line format. The level comes from RUST_LOG (default: info).
     #[arg(long, env = "DCACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -222,6 +287,12 @@ mod tests {
         assert_eq!(config.max_value_bytes, 1 << 20);
         assert_eq!(config.eviction_policy, EvictionPolicy::Tinylfu);
         assert_eq!(config.partitions, 64);
+        assert!(config.tokens_file.is_empty() && config.cluster_secret_file.is_none());
+        assert_eq!(config.header_read_timeout, Duration::from_secs(10));
+        let config = NodeConfig::try_parse_from(["dcache-node", "--tokens-file", "a,b"]).unwrap();
+        assert_eq!(config.tokens_file, [PathBuf::from("a"), PathBuf::from("b")]);
+        let err = NodeConfig::try_parse_from(["dcache-node", "--tls-cert-file", "c"]).unwrap_err();
+        assert!(err.to_string().contains("--tls-key-file"), "{err}");
         let err = NodeConfig::try_parse_from(["dcache-node", "--max-memory", "big"]).unwrap_err();
         assert!(err.to_string().contains("not a size"), "{err}");
         let err =

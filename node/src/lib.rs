@@ -4,6 +4,7 @@
 //! [`http`] serves the cache API over it, [`metrics`] exports what both do, and
 //! [`server`] runs the whole with graceful shutdown.
 
+pub mod auth;
 pub mod balancer;
 pub mod clock;
 pub mod cluster;
@@ -15,5 +16,7 @@ pub mod lost;
 pub mod metrics;
 pub mod placement;
 pub mod raft;
+pub mod reloading;
 pub mod server;
 pub mod store;
+pub mod tls;

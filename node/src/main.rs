@@ -1,7 +1,7 @@
 use anyhow::Context;
 use clap::Parser;
 use dcache_node::config::{LogFormat, NodeConfig};
-use dcache_node::server::{ServeOptions, build_node, serve, shutdown_signal};
+use dcache_node::server::{Listening, ServeOptions, build_node, serve_with, shutdown_signal};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -18,6 +18,7 @@ fn init_logging(format: LogFormat) {
 async fn main() -> anyhow::Result<()> {
     let config = NodeConfig::parse();
     init_logging(config.log_format);
+    let listening = Listening::from_config(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -37,14 +38,17 @@ async fn main() -> anyhow::Result<()> {
         listen = %api_addr,
         raft = %raft_addr.map_or_else(|| "standalone".to_owned(), |a| a.to_string()),
         max_memory = config.max_memory,
+        tls = config.tls_cert_file.is_some(),
+        auth = !config.tokens_file.is_empty(),
         eviction_policy = config.eviction_policy.as_str(),
         "dcache-node serving"
     );
-    serve(
+    serve_with(
         listener,
         raft_listener,
         node,
         ServeOptions::from_config(&config),
+        listening,
         shutdown_signal(),
     )
     .await

@@ -15,18 +15,22 @@ use anyhow::Context;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use crate::auth::{Authenticator, ClusterSecret};
 use crate::cluster::{Cluster, RingSettings};
 use crate::config::NodeConfig;
-use crate::http::{Limits, Node, router};
+use crate::http::{Limits, Node, Protection, TokenBucket, router};
+use crate::metrics::{Rejection, Rejections};
 use crate::raft::groups::Groups;
-use crate::raft::transport::Transport;
+use crate::raft::transport::{PeerSecurity, Transport};
 use crate::raft::{self, MemberNode, NodeId};
 use crate::store::{Store, StoreConfig};
 
@@ -58,9 +62,17 @@ pub fn build_node(
         config.partitions,
     );
     node.fault_injection = config.enable_fault_injection;
+    node.protection = protection(config)?;
+    if node.protection.auth.is_none() && !api_addr.ip().is_loopback() {
+        warn!(listen = %api_addr, "the API is open to anyone who can reach it: --tokens-file turns authentication on");
+    }
     let Some(raft_addr) = raft_addr else {
         return Ok(Arc::new(node));
     };
+    let peers = peer_security(config, node.metrics.rejections.clone())?;
+    if peers.cluster_secret.is_none() && !raft_addr.ip().is_loopback() {
+        warn!(raft = %raft_addr, "the cluster is unauthenticated: anyone who reaches the Raft endpoint can send it Raft messages; --cluster-secret-file closes it");
+    }
     let me = MemberNode {
         name: config.node_id(),
         api_addr: config
@@ -94,7 +106,7 @@ pub fn build_node(
         raft_id,
         me,
         Arc::new(raft_config),
-        Transport::new(),
+        Transport::secured(peers),
         store,
         config.partitions,
     );
@@ -109,6 +121,96 @@ pub fn build_node(
         },
     );
     Ok(Arc::new(node.with_cluster(Arc::new(cluster))))
+}
+
+/// The API's protections from the configuration: tokens, admin rate, request timeout.
+fn protection(config: &NodeConfig) -> anyhow::Result<Protection> {
+    let auth = if config.tokens_file.is_empty() {
+        None
+    } else {
+        let auth = Authenticator::load(config.tokens_file.clone(), config.secret_reload_interval)
+            .map_err(anyhow::Error::msg)
+            .context("invalid --tokens-file")?;
+        Some(auth)
+    };
+    Ok(Protection {
+        auth,
+        metrics_auth: config.metrics_auth,
+        admin_rate: Some(TokenBucket::per_second(config.admin_rate_limit)),
+        request_timeout: Some(config.request_timeout),
+    })
+}
+
+/// How this node calls and admits its peers: TLS trusting the cluster CA, the cluster
+/// secret.
+fn peer_security(config: &NodeConfig, rejections: Rejections) -> anyhow::Result<PeerSecurity> {
+    let tls = match (&config.tls_cert_file, &config.tls_ca_file) {
+        (None, _) => None,
+        (Some(_), None) => anyhow::bail!(
+            "a cluster member serving TLS needs --tls-ca-file to verify its peers' certificates"
+        ),
+        (Some(_), Some(ca)) => Some(
+            crate::tls::client_config(ca.clone(), config.secret_reload_interval)
+                .map_err(anyhow::Error::msg)
+                .context("invalid --tls-ca-file")?,
+        ),
+    };
+    let cluster_secret = match &config.cluster_secret_file {
+        None => None,
+        Some(path) => Some(Arc::new(
+            ClusterSecret::load(path.clone(), config.secret_reload_interval)
+                .map_err(anyhow::Error::msg)
+                .context("invalid --cluster-secret-file")?,
+        )),
+    };
+    Ok(PeerSecurity {
+        tls,
+        cluster_secret,
+        rejections: Some(rejections),
+    })
+}
+
+/// How a node's listeners take connections: TLS, how long a client may take to send
+/// its headers, how many API connections may be open.
+#[derive(Clone)]
+pub struct Listening {
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for Listening {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+        }
+    }
+}
+
+impl Listening {
+    /// Reads the certificate files: an invalid one refuses the start.
+    pub fn from_config(config: &NodeConfig) -> anyhow::Result<Self> {
+        let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let cert = crate::tls::ReloadingCert::load(
+                    cert.clone(),
+                    key.clone(),
+                    config.secret_reload_interval,
+                )
+                .map_err(anyhow::Error::msg)
+                .context("invalid --tls-cert-file or --tls-key-file")?;
+                Some(crate::tls::server_config(cert).map_err(anyhow::Error::msg)?)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            tls,
+            header_read_timeout: config.header_read_timeout,
+            max_connections: config.max_connections as usize,
+        })
+    }
 }
 
 /// How a node serves: its sweep interval, HTTP worker threads and shutdown grace.
@@ -145,24 +247,44 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(
+        listener,
+        raft_listener,
+        node,
+        options,
+        Listening::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`], with TLS and connection limits.
+pub async fn serve_with(
+    listener: TcpListener,
+    raft_listener: Option<TcpListener>,
+    node: Arc<Node>,
+    options: ServeOptions,
+    listening: Listening,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let stop = CancellationToken::new();
     let balancer = node.cluster.clone().map(|cluster| {
         let stop = stop.clone();
         let every = options.balance_interval;
         tokio::spawn(async move { cluster.run_balancer(every, stop).await })
     });
+    let raft_connections = TaskTracker::new();
     let raft_server = match (raft_listener, &node.cluster) {
-        (Some(raft_listener), Some(cluster)) => {
-            let app = raft::rpc::router(cluster.groups.clone());
-            let stopped = stop.clone();
-            Some(tokio::spawn(async move {
-                let server = axum::serve(raft_listener, app)
-                    .with_graceful_shutdown(async move { stopped.cancelled().await });
-                if let Err(e) = server.await {
-                    error!(error = %e, "Raft endpoint failed");
-                }
-            }))
-        }
+        (Some(raft_listener), Some(cluster)) => Some(tokio::spawn(accept_raft(
+            raft_listener,
+            raft::rpc::router(cluster.groups.clone()),
+            Accepting {
+                listening: listening.clone(),
+                rejections: node.metrics.rejections.clone(),
+                stop: stop.clone(),
+                connections: raft_connections.clone(),
+            },
+        ))),
         _ => None,
     };
     let maintenance = tokio::spawn(run_maintenance(
@@ -175,8 +297,12 @@ pub async fn serve(
         listener,
         router(node.clone()),
         options.http_workers,
-        stop.clone(),
-        connections.clone(),
+        Accepting {
+            listening,
+            rejections: node.metrics.rejections.clone(),
+            stop: stop.clone(),
+            connections: connections.clone(),
+        },
     )?;
 
     shutdown.await;
@@ -213,7 +339,9 @@ pub async fn serve(
         cluster.groups.shutdown().await;
     }
     if let Some(raft_server) = raft_server {
-        let _ = tokio::time::timeout(options.grace, raft_server).await;
+        let _ = raft_server.await;
+        raft_connections.close();
+        let _ = tokio::time::timeout(options.grace, raft_connections.wait()).await;
     }
     // Worker threads whose connections outlived the grace period are not joined: they
     // end with the process.
@@ -226,8 +354,7 @@ fn spawn_http_workers(
     listener: TcpListener,
     app: Router,
     workers: usize,
-    stop: CancellationToken,
-    connections: TaskTracker,
+    accepting: Accepting,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let workers = if workers == 0 {
         std::thread::available_parallelism().map_or(1, usize::from)
@@ -236,9 +363,9 @@ fn spawn_http_workers(
     };
     let mut inboxes = Vec::with_capacity(workers);
     for worker in 0..workers {
-        let (inbox, mut incoming) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
+        let (inbox, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Admitted>();
         inboxes.push(inbox);
-        let (app, stop, connections) = (app.clone(), stop.clone(), connections.clone());
+        let (app, accepting) = (app.clone(), accepting.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -246,28 +373,42 @@ fn spawn_http_workers(
             .name(format!("dcache-http-{worker}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    while let Some(stream) = incoming.recv().await {
+                    while let Some((stream, permit)) = incoming.recv().await {
                         match tokio::net::TcpStream::from_std(stream) {
                             Ok(stream) => {
-                                serve_connection(stream, &app, &stop, &connections);
+                                serve_connection(stream, &app, &accepting, Some(permit));
                             }
                             Err(e) => warn!(error = %e, "cannot register a connection"),
                         }
                     }
-                    connections.wait().await;
+                    accepting.connections.wait().await;
                 });
                 // Connections still open past the grace period are dropped here.
                 runtime.shutdown_background();
             })?;
     }
-    Ok(tokio::spawn(accept_loop(listener, inboxes, stop)))
+    Ok(tokio::spawn(accept_loop(listener, inboxes, accepting)))
+}
+
+/// An accepted API connection, with its place under `--max-connections`.
+type Admitted = (std::net::TcpStream, OwnedSemaphorePermit);
+
+/// What every accepted connection is served with.
+#[derive(Clone)]
+struct Accepting {
+    listening: Listening,
+    rejections: Rejections,
+    stop: CancellationToken,
+    connections: TaskTracker,
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    workers: Vec<tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>>,
-    stop: CancellationToken,
+    workers: Vec<tokio::sync::mpsc::UnboundedSender<Admitted>>,
+    accepting: Accepting,
 ) {
+    let stop = accepting.stop.clone();
+    let open = Arc::new(Semaphore::new(accepting.listening.max_connections));
     for next in (0..workers.len()).cycle() {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -281,11 +422,18 @@ async fn accept_loop(
             },
             () = stop.cancelled() => break,
         };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            // Over the cap: closed at once, so the client learns now rather than at a
+            // timeout, and the node's memory and descriptors stay bounded.
+            accepting.rejections.count(Rejection::ConnectionLimit);
+            drop(stream);
+            continue;
+        };
         // Small request/response pairs: never wait on Nagle.
         let _ = stream.set_nodelay(true);
         match stream.into_std() {
             Ok(stream) => {
-                if workers[next].send(stream).is_err() {
+                if workers[next].send((stream, permit)).is_err() {
                     error!("HTTP worker {next} is gone");
                 }
             }
@@ -295,16 +443,63 @@ async fn accept_loop(
     // Dropping the senders lets each worker finish once its connections are done.
 }
 
+/// Serves Raft RPC: one task accepting, one per connection, on the node's main runtime
+/// (Raft messages are few and large next to cache requests).
+async fn accept_raft(listener: TcpListener, app: Router, accepting: Accepting) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "Raft accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = accepting.stop.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        serve_connection(stream, &app, &accepting, None);
+    }
+}
+
+/// Serves one connection to its end: the TLS handshake if TLS is on, then HTTP/1.1
+/// with a deadline on every request's headers (which also bounds keep-alive idling).
 fn serve_connection(
     stream: tokio::net::TcpStream,
     app: &Router,
-    stop: &CancellationToken,
-    connections: &TaskTracker,
+    accepting: &Accepting,
+    permit: Option<OwnedSemaphorePermit>,
 ) {
     let service = TowerToHyperService::new(app.clone());
-    let stop = stop.clone();
+    let Accepting {
+        listening,
+        rejections,
+        stop,
+        connections,
+    } = accepting.clone();
     tokio::spawn(connections.track_future(async move {
+        let _permit = permit;
+        let stream = match &listening.tls {
+            None => Either::Left(stream),
+            Some(config) => {
+                let handshake = tokio_rustls::TlsAcceptor::from(config.clone()).accept(stream);
+                match tokio::time::timeout(listening.header_read_timeout, handshake).await {
+                    Ok(Ok(stream)) => Either::Right(stream),
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        rejections.count(Rejection::HeaderTimeout);
+                        return;
+                    }
+                }
+            }
+        };
         let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(listening.header_read_timeout)
             .serve_connection(TokioIo::new(stream), service);
         let mut connection = std::pin::pin!(connection);
         let result = tokio::select! {
@@ -315,6 +510,9 @@ fn serve_connection(
             }
         };
         if let Err(e) = result {
+            if e.is_timeout() {
+                rejections.count(Rejection::HeaderTimeout);
+            }
             debug!(error = %e, "connection ended with an error");
         }
     }));

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -26,7 +26,8 @@ use crate::crd::{
     RebalanceStatus,
 };
 use crate::lifecycle::{
-    AdminAction, ClusterPhase, ClusterStatus, MemberNode, NodeAdmin, Observation, Plan, PlanInput,
+    AdminAction, ClusterPhase, ClusterStatus, MemberNode, NodeAdmin, NodeCredentials, Observation,
+    Plan, PlanInput,
 };
 use crate::metrics::Metrics;
 use crate::resources::{self, FIELD_MANAGER};
@@ -108,6 +109,71 @@ pub async fn crd_installed(client: &Client) -> Result<bool> {
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
         Err(error) => Err(error.into()),
     }
+}
+
+/// The admin client for this cache's nodes: with the operator's own token when auth is
+/// on (its internal Secret created on first need, owned by the cache), over https
+/// trusting the TLS Secret's CA when TLS is on.
+async fn node_admin(
+    dc: &DistributedCache,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Arc<dyn NodeAdmin>> {
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), namespace);
+    let mut credentials = NodeCredentials::default();
+    if dc.spec.auth.is_some() {
+        let name = resources::internal_secret_name(dc);
+        let internal = match secrets.get_opt(&name).await? {
+            Some(secret) => secret,
+            None => {
+                // Generated once and never re-applied: rotating it under running
+                // nodes would cut them off from each other until they all reload.
+                let fresh =
+                    resources::desired_internal_secret(dc, &random_secret(), &random_secret());
+                match secrets.create(&PostParams::default(), &fresh).await {
+                    Ok(created) => created,
+                    Err(kube::Error::Api(status)) if status.code == 409 => {
+                        secrets.get(&name).await?
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        };
+        let tokens = secret_key(&internal, &name, resources::TOKENS_KEY)?;
+        let token = String::from_utf8_lossy(&tokens)
+            .lines()
+            .map(str::trim)
+            .find(|line| !line.is_empty() && !line.starts_with('#'))
+            .and_then(|line| line.split_whitespace().next())
+            .map(str::to_owned)
+            .ok_or_else(|| Error::Secret(format!("Secret {name} holds no operator token")))?;
+        credentials.token = Some(token);
+    }
+    if let Some(tls) = &dc.spec.tls {
+        let secret = secrets.get(&tls.secret_name).await?;
+        credentials.ca_pem = Some(secret_key(&secret, &tls.secret_name, resources::CA_KEY)?);
+    }
+    ctx.admin
+        .clone()
+        .with_credentials(credentials)
+        .map_err(Error::Admin)
+}
+
+fn secret_key(secret: &Secret, name: &str, key: &str) -> Result<Vec<u8>> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(key))
+        .map(|value| value.0.clone())
+        .ok_or_else(|| Error::Secret(format!("Secret {name} has no key {key:?}")))
+}
+
+/// 256 random bits, hex-encoded.
+fn random_secret() -> String {
+    rand::random::<[u8; 32]>()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 /// Retries a failing resource after 2 s, doubling up to 5 minutes.
@@ -233,8 +299,9 @@ async fn reconcile_cache(dc: &DistributedCache, ctx: &Context) -> Result<Action>
             raft_addr: resources::pod_raft_addr(dc, ordinal),
         })
         .collect();
+    let admin = node_admin(dc, ctx, &namespace).await?;
     let observation = if existing.is_some() {
-        Observation::gather(ctx.admin.as_ref(), &pods).await
+        Observation::gather(admin.as_ref(), &pods).await
     } else {
         Observation::default()
     };
@@ -276,7 +343,7 @@ async fn reconcile_cache(dc: &DistributedCache, ctx: &Context) -> Result<Action>
 
     let mut cluster_id = previous.cluster_id.clone().or(plan.cluster_id.clone());
     if let Some(action) = &plan.action {
-        crate::lifecycle::execute(ctx.admin.as_ref(), action)
+        crate::lifecycle::execute(admin.as_ref(), action)
             .await
             .map_err(Error::Admin)?;
         match action {

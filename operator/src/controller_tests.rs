@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Method;
 use kube::runtime::controller::Action;
 use serde_json::json;
 
@@ -526,4 +527,101 @@ async fn a_spec_change_mid_scale_moves_the_target_without_flapping() {
     })
     .await;
     assert_eq!(nodes.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn auth_and_tls_mount_the_secrets_and_the_operator_calls_with_its_own_token() {
+    let nodes = Arc::new(FakeNodes::default());
+    nodes.set_healthy(0..3);
+    let spec = json!({
+        "replicas": 3,
+        "auth": {"secretName": "cache-tokens"},
+        "tls": {"secretName": "cache-tls"},
+    });
+    let mut created_tokens = None;
+    let mut applied = None;
+    reconcile_with(cache(spec), &nodes, |mut server| async {
+        server.expect_services_and_budget().await;
+        server
+            .expect_statefulset_read(Some(statefulset(3, 0)))
+            .await;
+        let secrets = format!("/api/v1/namespaces/{NAMESPACE}/secrets");
+        server
+            .expect(Method::GET, &format!("{secrets}/{NAME}-internal"))
+            .await
+            .not_found();
+        let create = server.expect(Method::POST, &secrets).await;
+        assert_eq!(create.body["metadata"]["name"], format!("{NAME}-internal"));
+        assert_eq!(create.body["metadata"]["ownerReferences"][0]["uid"], UID);
+        let secret: k8s_openapi::ByteString =
+            serde_json::from_value(create.body["data"]["cluster-secret"].clone()).unwrap();
+        assert_eq!(secret.0.len(), 64, "256 bits, hex");
+        let tokens: k8s_openapi::ByteString =
+            serde_json::from_value(create.body["data"]["tokens"].clone()).unwrap();
+        created_tokens = Some(String::from_utf8(tokens.0).unwrap());
+        create.echo();
+        server
+            .expect(Method::GET, &format!("{secrets}/cache-tls"))
+            .await
+            .reply(
+                http::StatusCode::OK,
+                &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cache-tls"},
+                        "data": {"ca.crt": "Y2EtcGVt", "tls.crt": "", "tls.key": ""}}),
+            );
+        applied = Some(server.expect_statefulset_apply().await.1);
+        server.expect_event("ClusterInitialized").await;
+        server.expect_status().await;
+        server
+    })
+    .await;
+
+    let tokens = created_tokens.unwrap();
+    let line = tokens.lines().find(|l| !l.starts_with('#')).unwrap();
+    let (token, scopes) = line.split_once(' ').unwrap();
+    assert_eq!(scopes, "admin,read");
+    let credentials = nodes
+        .credentials()
+        .expect("the nodes were called with credentials");
+    assert_eq!(credentials.token.as_deref(), Some(token));
+    assert_eq!(credentials.ca_pem.as_deref(), Some(&b"ca-pem"[..]));
+
+    let sts = applied.unwrap();
+    let pod = &sts["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let env: std::collections::BTreeMap<String, String> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| {
+            Some((
+                v["name"].as_str()?.to_owned(),
+                v["value"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        env["DCACHE_TOKENS_FILE"],
+        "/etc/dcache/auth/tokens,/etc/dcache/internal/tokens"
+    );
+    assert_eq!(
+        env["DCACHE_CLUSTER_SECRET_FILE"],
+        "/etc/dcache/internal/cluster-secret"
+    );
+    assert_eq!(env["DCACHE_TLS_CERT_FILE"], "/etc/dcache/tls/tls.crt");
+    assert_eq!(env["DCACHE_TLS_CA_FILE"], "/etc/dcache/tls/ca.crt");
+    let secret_volumes: Vec<(&str, &str)> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| Some((v["name"].as_str()?, v["secret"]["secretName"].as_str()?)))
+        .collect();
+    assert_eq!(
+        secret_volumes,
+        [
+            ("auth", "cache-tokens"),
+            ("internal", "cache-internal"),
+            ("tls", "cache-tls")
+        ]
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
 }

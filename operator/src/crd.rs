@@ -117,10 +117,20 @@ pub struct DistributedCacheSpec {
     #[serde(default)]
     pub monitoring: Monitoring,
 
-    /// Secret holding the credentials of the admin and cache APIs. Reserved: the
-    /// nodes do not authenticate yet, and the operator only checks the name is valid.
+    /// Secret whose key `tokens` holds the API tokens (`<token> <scope>[,<scope>...]`
+    /// per line, scopes read, write, admin). Turns authentication on: the nodes then
+    /// refuse calls without a token, and Raft traffic carries a cluster secret that the
+    /// operator generates (in a Secret `<name>-internal` it owns, with its own admin
+    /// token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<SecretReference>,
+
+    /// TLS Secret (as cert-manager writes it: `tls.crt`, `tls.key`, `ca.crt`) for the
+    /// API and Raft. The certificate must name the pods,
+    /// `*.<name>-headless.<namespace>.svc`, and the client Service
+    /// `<name>.<namespace>.svc`; renewals are picked up without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<SecretReference>,
 
     /// Where pods may run.
     #[serde(default)]

@@ -18,7 +18,7 @@ use crate::controller::Context;
 use crate::crd::{DistributedCache, DistributedCacheSpec, DistributedCacheStatus};
 use crate::lifecycle::{
     AdminError, ClusterStatus, InitRequest, LostPartition, Member, MemberNode, NodeAdmin,
-    RebalanceProgress,
+    NodeCredentials, RebalanceProgress,
 };
 use crate::metrics::Metrics;
 
@@ -282,6 +282,7 @@ pub struct FakeNodes {
 
 #[derive(Default)]
 struct FakeState {
+    credentials: Option<NodeCredentials>,
     healthy: BTreeSet<usize>,
     cluster: Option<FakeCluster>,
     calls: Vec<String>,
@@ -391,7 +392,22 @@ impl FakeNodes {
     }
 }
 
+impl FakeNodes {
+    /// The credentials the last reconcile called the nodes with.
+    pub fn credentials(&self) -> Option<NodeCredentials> {
+        self.state().credentials.clone()
+    }
+}
+
 impl NodeAdmin for FakeNodes {
+    fn with_credentials(
+        self: Arc<Self>,
+        credentials: NodeCredentials,
+    ) -> Result<Arc<dyn NodeAdmin>, AdminError> {
+        self.state().credentials = Some(credentials);
+        Ok(self)
+    }
+
     fn healthy<'a>(&'a self, api_addr: &'a str) -> BoxFuture<'a, bool> {
         let healthy = self.state().healthy.contains(&ordinal(api_addr));
         Box::pin(async move { healthy })

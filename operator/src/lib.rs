@@ -27,6 +27,9 @@ pub enum Error {
     Admin(#[source] lifecycle::AdminError),
     #[error("the resource has no {0}")]
     MissingField(&'static str),
+    /// A Secret the spec names lacks what the nodes need.
+    #[error("{0}")]
+    Secret(String),
 }
 
 impl Error {
@@ -36,6 +39,7 @@ impl Error {
             Self::Kube(_) => "kube",
             Self::Admin(_) => "admin",
             Self::MissingField(_) => "missing_field",
+            Self::Secret(_) => "secret",
         }
     }
 }

@@ -5,6 +5,7 @@
 //! by the controller against pods and by tests against local `dcache-node` processes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, join_all};
@@ -25,6 +26,17 @@ pub enum AdminError {
     },
     #[error("{addr} answered what is not a cluster status: {message}")]
     BadAnswer { addr: String, message: String },
+    #[error("unusable node credentials: {0}")]
+    Credentials(String),
+}
+
+/// How the operator reaches the nodes of a cache with auth or TLS on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeCredentials {
+    /// An admin (and read) token the nodes accept.
+    pub token: Option<String>,
+    /// The CA the nodes' certificates chain to; set means https.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// The node admin API, one call per method. A trait so reconcile tests can answer for
@@ -47,22 +59,56 @@ pub trait NodeAdmin: Send + Sync {
         api_addr: &'a str,
         members: &'a [MemberNode],
     ) -> BoxFuture<'a, Result<(), AdminError>>;
+    /// The same calls, made with `credentials` (a token, https trusting a CA).
+    fn with_credentials(
+        self: Arc<Self>,
+        credentials: NodeCredentials,
+    ) -> Result<Arc<dyn NodeAdmin>, AdminError>;
 }
 
 /// [`NodeAdmin`] over HTTP, one pooled client for every node.
 #[derive(Clone)]
 pub struct HttpNodeAdmin {
     client: reqwest::Client,
+    scheme: &'static str,
 }
 
 impl HttpNodeAdmin {
     pub fn new() -> Self {
-        let client = reqwest::Client::builder()
+        Self::with(&NodeCredentials::default()).expect("an HTTP client without TLS builds")
+    }
+
+    fn with(credentials: &NodeCredentials) -> Result<Self, AdminError> {
+        let invalid = |e: &dyn std::fmt::Display| AdminError::Credentials(e.to_string());
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(3))
-            .build()
-            .expect("an HTTP client without TLS builds");
-        Self { client }
+            // Below the nodes' header read timeout, which also ends idle connections.
+            .pool_idle_timeout(Duration::from_secs(5));
+        if let Some(token) = &credentials.token {
+            let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
+                .map_err(|e| invalid(&e))?;
+            value.set_sensitive(true);
+            builder = builder.default_headers(reqwest::header::HeaderMap::from_iter([(
+                reqwest::header::AUTHORIZATION,
+                value,
+            )]));
+        }
+        let mut scheme = "http";
+        if let Some(pem) = &credentials.ca_pem {
+            let roots = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| invalid(&e))?;
+            if roots.is_empty() {
+                return Err(AdminError::Credentials("no certificate in ca.crt".into()));
+            }
+            for root in roots {
+                builder = builder.add_root_certificate(root);
+            }
+            scheme = "https";
+        }
+        Ok(Self {
+            client: builder.build().map_err(|e| invalid(&e))?,
+            scheme,
+        })
     }
 
     async fn send(
@@ -94,7 +140,9 @@ impl Default for HttpNodeAdmin {
 impl NodeAdmin for HttpNodeAdmin {
     fn healthy<'a>(&'a self, api_addr: &'a str) -> BoxFuture<'a, bool> {
         Box::pin(async move {
-            let request = self.client.get(format!("http://{api_addr}/health"));
+            let request = self
+                .client
+                .get(format!("{}://{api_addr}/health", self.scheme));
             self.send(api_addr, request).await.is_ok()
         })
     }
@@ -104,7 +152,9 @@ impl NodeAdmin for HttpNodeAdmin {
         api_addr: &'a str,
     ) -> BoxFuture<'a, Result<ClusterStatus, AdminError>> {
         Box::pin(async move {
-            let request = self.client.get(format!("http://{api_addr}/cluster"));
+            let request = self
+                .client
+                .get(format!("{}://{api_addr}/cluster", self.scheme));
             let response = self.send(api_addr, request).await?;
             response.json().await.map_err(|e| AdminError::BadAnswer {
                 addr: api_addr.to_owned(),
@@ -121,7 +171,7 @@ impl NodeAdmin for HttpNodeAdmin {
         Box::pin(async move {
             let http = self
                 .client
-                .post(format!("http://{api_addr}/cluster/init"))
+                .post(format!("{}://{api_addr}/cluster/init", self.scheme))
                 .json(request);
             self.send(api_addr, http).await.map(drop)
         })
@@ -135,10 +185,20 @@ impl NodeAdmin for HttpNodeAdmin {
         Box::pin(async move {
             let http = self
                 .client
-                .put(format!("http://{api_addr}/cluster/members"))
+                .put(format!("{}://{api_addr}/cluster/members", self.scheme))
                 .json(&serde_json::json!({ "members": members }));
             self.send(api_addr, http).await.map(drop)
         })
+    }
+
+    fn with_credentials(
+        self: Arc<Self>,
+        credentials: NodeCredentials,
+    ) -> Result<Arc<dyn NodeAdmin>, AdminError> {
+        if credentials == NodeCredentials::default() {
+            return Ok(self);
+        }
+        Ok(Arc::new(Self::with(&credentials)?))
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{
     RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
     StatefulSetSpec, StatefulSetUpdateStrategy,
@@ -10,9 +11,9 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
     LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service,
-    ServicePort, ServiceSpec, SleepAction, TopologySpreadConstraint, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -41,10 +42,28 @@ pub const TERMINATION_GRACE_SECONDS: i64 = PRE_STOP_SLEEP_SECONDS + SHUTDOWN_TIM
 
 pub const FIELD_MANAGER: &str = "dcache-operator";
 
+/// Where the user's auth Secret, the operator's internal Secret and the TLS Secret are
+/// mounted in a node.
+pub const AUTH_DIR: &str = "/etc/dcache/auth";
+pub const INTERNAL_DIR: &str = "/etc/dcache/internal";
+pub const TLS_DIR: &str = "/etc/dcache/tls";
+/// Keys of the Secrets: the user's token file, and the internal Secret's token file
+/// (the operator's admin token) and cluster secret.
+pub const TOKENS_KEY: &str = "tokens";
+pub const CLUSTER_SECRET_KEY: &str = "cluster-secret";
+/// The CA certificate in a cert-manager TLS Secret.
+pub const CA_KEY: &str = "ca.crt";
+
 /// The names of everything a cache owns, derived from its name.
 pub fn statefulset_name(dc: &DistributedCache) -> String {
     dc.name_any()
 }
+/// The Secret the operator generates for a cache with auth: the cluster secret and the
+/// operator's own admin token.
+pub fn internal_secret_name(dc: &DistributedCache) -> String {
+    format!("{}-internal", dc.name_any())
+}
+
 pub fn client_service_name(dc: &DistributedCache) -> String {
     dc.name_any()
 }
@@ -244,7 +263,82 @@ pub fn node_environment(dc: &DistributedCache, max_memory_bytes: u64) -> Vec<Env
     if let Some(ttl) = spec.default_ttl_seconds {
         vars.push(env("DCACHE_DEFAULT_TTL", ttl.to_string()));
     }
+    if spec.auth.is_some() {
+        vars.push(env(
+            "DCACHE_TOKENS_FILE",
+            format!("{AUTH_DIR}/{TOKENS_KEY},{INTERNAL_DIR}/{TOKENS_KEY}"),
+        ));
+        vars.push(env(
+            "DCACHE_CLUSTER_SECRET_FILE",
+            format!("{INTERNAL_DIR}/{CLUSTER_SECRET_KEY}"),
+        ));
+    }
+    if spec.tls.is_some() {
+        vars.push(env("DCACHE_TLS_CERT_FILE", format!("{TLS_DIR}/tls.crt")));
+        vars.push(env("DCACHE_TLS_KEY_FILE", format!("{TLS_DIR}/tls.key")));
+        vars.push(env("DCACHE_TLS_CA_FILE", format!("{TLS_DIR}/{CA_KEY}")));
+    }
     vars
+}
+
+/// The Secret volumes of a node (auth, internal, TLS) and where each is mounted.
+/// Mounted whole, not by `subPath`: only a whole mount follows a Secret's updates,
+/// which the node picks up without a restart.
+fn secret_volumes(dc: &DistributedCache) -> Vec<(Volume, VolumeMount)> {
+    let secret = |volume: &str, secret_name: String, dir: &str| {
+        (
+            Volume {
+                name: volume.to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret_name),
+                    default_mode: Some(0o440),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            VolumeMount {
+                name: volume.to_owned(),
+                mount_path: dir.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        )
+    };
+    let mut volumes = Vec::new();
+    if let Some(auth) = &dc.spec.auth {
+        volumes.push(secret("auth", auth.secret_name.clone(), AUTH_DIR));
+        volumes.push(secret("internal", internal_secret_name(dc), INTERNAL_DIR));
+    }
+    if let Some(tls) = &dc.spec.tls {
+        volumes.push(secret("tls", tls.secret_name.clone(), TLS_DIR));
+    }
+    volumes
+}
+
+/// The internal Secret of a cache with auth, owned by it so that it goes with it.
+pub fn desired_internal_secret(
+    dc: &DistributedCache,
+    cluster_secret: &str,
+    operator_token: &str,
+) -> Secret {
+    Secret {
+        metadata: metadata(dc, internal_secret_name(dc)),
+        data: Some(BTreeMap::from([
+            (
+                CLUSTER_SECRET_KEY.to_owned(),
+                ByteString(cluster_secret.as_bytes().to_vec()),
+            ),
+            (
+                TOKENS_KEY.to_owned(),
+                ByteString(
+                    format!("# the dcache operator's own token\n{operator_token} admin,read\n")
+                        .into_bytes(),
+                ),
+            ),
+        ])),
+        type_: Some("Opaque".to_owned()),
+        ..Secret::default()
+    }
 }
 
 /// One node per host where the scheduler can manage it, and zones evened out when
@@ -273,11 +367,13 @@ pub fn default_topology_spread(dc: &DistributedCache) -> Vec<TopologySpreadConst
     ]
 }
 
-fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+fn http_probe(path: &str, period: i32, failures: i32, tls: bool) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
             port: IntOrString::String("http".to_owned()),
+            // The kubelet does not verify the certificate; it only needs to speak TLS.
+            scheme: tls.then(|| "HTTPS".to_owned()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -307,6 +403,15 @@ pub fn desired_statefulset(
         mount_path: "/tmp".to_owned(),
         ..VolumeMount::default()
     }];
+    let mut volumes = vec![Volume {
+        name: "tmp".to_owned(),
+        empty_dir: Some(Default::default()),
+        ..Volume::default()
+    }];
+    for (volume, mount) in secret_volumes(dc) {
+        volumes.push(volume);
+        volume_mounts.push(mount);
+    }
     let mut claim_templates = None;
     let mut claim_retention = None;
     if spec.persistence.enabled {
@@ -363,8 +468,8 @@ pub fn desired_statefulset(
             },
         ]),
         resources: spec.resources.clone(),
-        liveness_probe: Some(http_probe("/health", 10, 3)),
-        readiness_probe: Some(http_probe("/ready", 5, 2)),
+        liveness_probe: Some(http_probe("/health", 10, 3, spec.tls.is_some())),
+        readiness_probe: Some(http_probe("/ready", 5, 2, spec.tls.is_some())),
         lifecycle: Some(Lifecycle {
             // The pause (Kubernetes' own sleep action: the image needs no shell) lets
             // endpoints drop the pod; then SIGTERM makes the node hand every partition
@@ -415,11 +520,7 @@ pub fn desired_statefulset(
                 .clone()
                 .unwrap_or_else(|| default_topology_spread(dc)),
         ),
-        volumes: Some(vec![Volume {
-            name: "tmp".to_owned(),
-            empty_dir: Some(Default::default()),
-            ..Volume::default()
-        }]),
+        volumes: Some(volumes),
         ..PodSpec::default()
     };
     StatefulSet {
@@ -500,10 +601,20 @@ pub fn service_monitor_resource() -> ApiResource {
 pub fn desired_service_monitor(dc: &DistributedCache) -> DynamicObject {
     let mut selector = selector_labels(dc);
     selector.insert("dcache.io/service".to_owned(), "peers".to_owned());
+    let mut endpoint = json!({"port": "http", "path": "/metrics", "interval": "30s"});
+    if let Some(tls) = &dc.spec.tls {
+        // Prometheus scrapes pod IPs: verify against the cluster's CA, under the client
+        // Service's name, which the certificate carries.
+        endpoint["scheme"] = json!("https");
+        endpoint["tlsConfig"] = json!({
+            "ca": {"secret": {"name": tls.secret_name, "key": CA_KEY}},
+            "serverName": format!("{}.{}.svc", client_service_name(dc), dc.namespace().unwrap_or_default()),
+        });
+    }
     let mut monitor = DynamicObject::new(&dc.name_any(), &service_monitor_resource()).data(json!({
         "spec": {
             "selector": {"matchLabels": selector},
-            "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+            "endpoints": [endpoint],
         }
     }));
     monitor.metadata = metadata(dc, dc.name_any());
@@ -521,6 +632,19 @@ mod tests {
         dc.metadata.namespace = Some("prod".to_owned());
         dc.metadata.uid = Some("uid-1".to_owned());
         dc
+    }
+
+    #[test]
+    fn service_monitor_scrapes_over_https_when_tls_is_on() {
+        let plain = desired_service_monitor(&cache(serde_json::json!({})));
+        assert!(plain.data["spec"]["endpoints"][0].get("scheme").is_none());
+        let tls = desired_service_monitor(&cache(
+            serde_json::json!({"tls": {"secretName": "cache-tls"}}),
+        ));
+        let endpoint = &tls.data["spec"]["endpoints"][0];
+        assert_eq!(endpoint["scheme"], "https");
+        assert_eq!(endpoint["tlsConfig"]["ca"]["secret"]["name"], "cache-tls");
+        assert_eq!(endpoint["tlsConfig"]["serverName"], "cache.prod.svc");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 use serde::Deserialize;
 
 /// (API group, resource, verb) of every call the operator makes: the controller's
-/// watches and applies, status, events, the CRD checks and the leader Lease.
+/// watches and applies, status, events, the CRD checks, the leader Lease and the
+/// Secrets of caches with auth or TLS.
 const CALLS: &[(&str, &str, &str)] = &[
     ("dcache.io", "distributedcaches", "list"),
     ("dcache.io", "distributedcaches", "watch"),
@@ -15,6 +16,8 @@ const CALLS: &[(&str, &str, &str)] = &[
     ("apps", "statefulsets", "patch"),
     ("", "services", "watch"),
     ("", "services", "patch"),
+    ("", "secrets", "get"),
+    ("", "secrets", "create"),
     ("policy", "poddisruptionbudgets", "watch"),
     ("policy", "poddisruptionbudgets", "patch"),
     ("policy", "poddisruptionbudgets", "delete"),

@@ -1,7 +1,7 @@
 //! Cluster administration: `POST /cluster/init`, `PUT /cluster/members`, `GET /cluster`.
 //!
-//! Authentication of admin calls comes with the security work; until then the admin
-//! API is meant for the cluster's private network.
+//! With `--tokens-file` the admin calls need the `admin` scope (`GET /cluster`: `read`)
+//! and are rate limited (see `super::guard`).
 
 use std::sync::Arc;
 

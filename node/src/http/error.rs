@@ -19,6 +19,18 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// No valid API token; `invalid` when one was given but is not known.
+    #[error("{message}")]
+    Unauthorized { message: String, invalid: bool },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u32,
+    },
     #[error("{message}")]
     Unavailable {
         message: String,
@@ -35,6 +47,10 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -46,7 +62,23 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             Self::Unavailable {
                 retry_after_secs, ..
+            }
+            | Self::TooManyRequests {
+                retry_after_secs, ..
             } => Some(*retry_after_secs),
+            _ => None,
+        };
+        // RFC 6750: say which scheme to use, and whether the token given was the fault.
+        let challenge = match &self {
+            Self::Unauthorized { invalid: true, .. } => Some(HeaderValue::from_static(
+                r#"Bearer realm="dcache", error="invalid_token""#,
+            )),
+            Self::Unauthorized { invalid: false, .. } => {
+                Some(HeaderValue::from_static(r#"Bearer realm="dcache""#))
+            }
+            Self::Forbidden(_) => Some(HeaderValue::from_static(
+                r#"Bearer realm="dcache", error="insufficient_scope""#,
+            )),
             _ => None,
         };
         let body = ErrorBody {
@@ -57,6 +89,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(challenge) = challenge {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
         }
         response
     }

@@ -1,5 +1,9 @@
 //! Forwarding a request to the node that must serve it (a partition's leader), and
 //! passing its answer back unchanged.
+//!
+//! The caller's `Authorization` header goes along: every node holds the same tokens,
+//! so the leader checks the caller's own token and scope again, and forwarding can
+//! never lend a caller more rights than its token has.
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
@@ -45,12 +49,17 @@ pub async fn forward(
         .groups
         .transport
         .http_client()
-        .request(method, format!("http://{addr}{path}"))
+        .request(
+            method,
+            format!("{}://{addr}{path}", cluster.groups.transport.scheme()),
+        )
         .timeout(FORWARD_TIMEOUT)
         .header(FORWARDED_HEADER, hops + 1)
         .body(body);
-    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
-        request = request.header(header::CONTENT_TYPE, content_type);
+    for name in [header::CONTENT_TYPE, header::AUTHORIZATION] {
+        if let Some(value) = headers.get(&name) {
+            request = request.header(name, value);
+        }
     }
     let answer = request.send().await.map_err(|e| {
         unavailable(format!(
@@ -59,7 +68,11 @@ pub async fn forward(
     })?;
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut passed = HeaderMap::new();
-    for name in [header::CONTENT_TYPE, header::RETRY_AFTER] {
+    for name in [
+        header::CONTENT_TYPE,
+        header::RETRY_AFTER,
+        header::WWW_AUTHENTICATE,
+    ] {
         if let Some(value) = answer.headers().get(&name) {
             passed.insert(name, value.clone());
         }

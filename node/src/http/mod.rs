@@ -7,6 +7,7 @@ mod admin;
 mod cache;
 mod error;
 mod forward;
+mod guard;
 mod ops;
 mod track;
 
@@ -18,6 +19,7 @@ use axum::Router;
 use axum::routing::{any, get};
 
 pub use error::ApiError;
+pub use guard::{Access, Protection, TokenBucket, access};
 
 use crate::cluster::Cluster;
 use crate::metrics::Metrics;
@@ -42,6 +44,8 @@ pub struct Node {
     pub cluster: Option<Arc<Cluster>>,
     /// Whether `POST /admin/fault` may cut this node off (tests only).
     pub fault_injection: bool,
+    /// API tokens, the admin rate limit and the request timeout.
+    pub protection: Protection,
     ready: AtomicBool,
     started: Instant,
 }
@@ -64,6 +68,7 @@ impl Node {
             partitions,
             cluster: None,
             fault_injection: false,
+            protection: Protection::default(),
             ready: AtomicBool::new(true),
             started: Instant::now(),
         }
@@ -136,6 +141,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(ROUTES[10], axum::routing::post(admin::fault))
         .fallback(ops::no_such_route)
         .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(guard::GuardLayer::new(node.clone()))
         .layer(track::TrackRequestsLayer::new(node.clone()))
         .with_state(node)
 }

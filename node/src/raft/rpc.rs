@@ -19,6 +19,7 @@ use super::membership::{self, DropRequest, ReconcileRequest};
 use super::snapshot;
 use super::transport::{INCARNATION_HEADER, op};
 use super::{Command, CommandResult, GroupId, MemberNode, NodeId, TypeConfig};
+use crate::auth::CLUSTER_SECRET_HEADER;
 
 /// Who answers on this Raft endpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,10 +46,26 @@ pub fn router(groups: Arc<Groups>) -> Router {
         .with_state(groups)
 }
 
-async fn identity(State(groups): State<Arc<Groups>>) -> axum::Json<Identity> {
+async fn identity(State(groups): State<Arc<Groups>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = unauthenticated(&groups, &headers) {
+        return refused;
+    }
     axum::Json(Identity {
         raft_id: groups.id,
         node: groups.me.clone(),
+    })
+    .into_response()
+}
+
+/// Refuses a message without the cluster secret: only members may speak Raft here.
+fn unauthenticated(groups: &Groups, headers: &HeaderMap) -> Option<Response> {
+    let presented = headers.get(CLUSTER_SECRET_HEADER).map(|v| v.as_bytes());
+    (!groups.transport.admits(presented)).then(|| {
+        (
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong cluster secret: this endpoint serves cluster members only",
+        )
+            .into_response()
     })
 }
 
@@ -64,9 +81,13 @@ fn answer<T: Serialize>(result: Result<T, String>) -> Response {
     }
 }
 
-/// Refuses traffic while isolated by fault injection, and traffic meant for another
-/// Raft identity (this node's former incarnation on the same address).
+/// Refuses traffic without the cluster secret, traffic while isolated by fault
+/// injection, and traffic meant for another Raft identity (this node's former
+/// incarnation on the same address).
 fn refusal(groups: &Groups, headers: &HeaderMap) -> Option<Response> {
+    if let Some(refused) = unauthenticated(groups, headers) {
+        return Some(refused);
+    }
     if groups.transport.is_isolated() {
         return Some(
             (

@@ -2,8 +2,9 @@
 //! HTTP client, so two nodes share a few long-lived connections whatever the number of
 //! groups between them.
 //!
-//! Wire format: `POST http://{raft_addr}/raft/{group}/{operation}` with a postcard body;
-//! the answer is a postcard `Result<Response, String>`.
+//! Wire format: `POST http(s)://{raft_addr}/raft/{group}/{operation}` with a postcard
+//! body and, when the cluster has one, the cluster secret in a header; the answer is a
+//! postcard `Result<Response, String>`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +26,8 @@ use serde::de::DeserializeOwned;
 use super::counters::RaftCounters;
 use super::snapshot;
 use super::{GroupId, MemberNode, NodeId, SnapshotData, TypeConfig};
+use crate::auth::{CLUSTER_SECRET_HEADER, ClusterSecret};
+use crate::metrics::{Rejection, Rejections};
 
 /// Raft RPC operations, as they appear in the URL.
 pub mod op {
@@ -64,10 +67,24 @@ pub enum CallError {
     Refused(String, String),
 }
 
+/// How this node talks to its peers and checks who talks to it.
+#[derive(Default)]
+pub struct PeerSecurity {
+    /// TLS towards peers (their Raft and API listeners), trusting the cluster's CA.
+    pub tls: Option<rustls::ClientConfig>,
+    /// Sent with every Raft RPC and required on every one received.
+    pub cluster_secret: Option<Arc<ClusterSecret>>,
+    /// Where refused Raft RPCs are counted.
+    pub rejections: Option<Rejections>,
+}
+
 /// One HTTP client for all Raft traffic of this node, and where each peer is.
 #[derive(Clone)]
 pub struct Transport {
     client: reqwest::Client,
+    scheme: &'static str,
+    cluster_secret: Option<Arc<ClusterSecret>>,
+    rejections: Option<Rejections>,
     addresses: Arc<RwLock<HashMap<NodeId, String>>>,
     /// Fault injection: an isolated node neither sends nor accepts Raft traffic.
     isolated: Arc<AtomicBool>,
@@ -85,15 +102,32 @@ pub struct Transport {
 
 impl Transport {
     pub fn new() -> Self {
-        let client = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(90))
+        Self::secured(PeerSecurity::default())
+    }
+
+    pub fn secured(security: PeerSecurity) -> Self {
+        let mut builder = reqwest::Client::builder()
+            // Below the peers' header read timeout, which also closes idle connections:
+            // a pooled connection is dropped here before the peer drops it.
+            .pool_idle_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(32)
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(2));
+        let scheme = match security.tls {
+            Some(tls) => {
+                builder = builder.use_preconfigured_tls(tls);
+                "https"
+            }
+            None => "http",
+        };
+        let client = builder
             .build()
-            .expect("an HTTP client without TLS always builds");
+            .expect("an HTTP client over a built TLS configuration always builds");
         Self {
             client,
+            scheme,
+            cluster_secret: security.cluster_secret,
+            rejections: security.rejections,
             addresses: Arc::default(),
             isolated: Arc::default(),
             cut_links: Arc::default(),
@@ -104,6 +138,40 @@ impl Transport {
 
     pub fn http_client(&self) -> &reqwest::Client {
         &self.client
+    }
+
+    /// `http` or `https`: what peers' listeners speak (all nodes of a cluster alike).
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+
+    /// A request to a peer's Raft endpoint, carrying the cluster secret.
+    pub fn raft_request(
+        &self,
+        method: reqwest::Method,
+        addr: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let request = self
+            .client
+            .request(method, format!("{}://{addr}{path}", self.scheme));
+        match &self.cluster_secret {
+            Some(secret) => request.header(CLUSTER_SECRET_HEADER, &secret.value().0),
+            None => request,
+        }
+    }
+
+    /// Whether a received Raft RPC may be served: it carries the cluster secret, or
+    /// the cluster has none. Refusals are counted.
+    pub fn admits(&self, presented: Option<&[u8]>) -> bool {
+        let Some(secret) = &self.cluster_secret else {
+            return true;
+        };
+        let admitted = secret.matches(presented);
+        if let (false, Some(rejections)) = (admitted, &self.rejections) {
+            rejections.count(Rejection::ClusterSecret);
+        }
+        admitted
     }
 
     pub fn learn(&self, id: NodeId, raft_addr: &str) {
@@ -206,8 +274,11 @@ impl Transport {
             ));
         }
         let mut post = self
-            .client
-            .post(format!("http://{addr}/raft/{group}/{operation}"))
+            .raft_request(
+                reqwest::Method::POST,
+                addr,
+                &format!("/raft/{group}/{operation}"),
+            )
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .timeout(timeout);
         if let Some(to) = to {

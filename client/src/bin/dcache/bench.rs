@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::ValueEnum;
-use dcache_client::{Client, Routing};
+use dcache_client::Routing;
+
+use crate::Connection;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::rngs::StdRng;
@@ -403,11 +405,13 @@ fn op_json(report: &Report, stats: &OpStats) -> serde_json::Value {
     })
 }
 
-pub async fn command(nodes: &[String], args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub async fn command(connection: &Connection, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let nodes = &connection.nodes;
     let workload = Workload::from_args(&args);
     let backend = match args.target {
         Target::Dcache => Backend::Dcache(
-            Client::builder(nodes.iter().cloned())
+            connection
+                .builder()
                 .routing(args.mode.routing())
                 .read_consistency(args.consistency.into())
                 .max_idle_connections_per_node(args.connections as usize)

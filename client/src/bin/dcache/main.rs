@@ -31,6 +31,16 @@ struct Cli {
     #[arg(long, env = "DCACHE_NODES", value_delimiter = ',', value_parser = parse_node_addr)]
     nodes: Option<Vec<String>>,
 
+    /// API token for nodes started with --tokens-file, sent as `Authorization:
+    /// Bearer <token>`.
+    #[arg(long, env = "DCACHE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+
+    /// PEM CA certificate(s) to trust (the cluster's ca.crt); talks https to the
+    /// nodes. Nodes given as https://host:port also turn https on.
+    #[arg(long, env = "DCACHE_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -286,22 +296,55 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where the one-shot commands and the bench connect, and with which credentials.
+pub struct Connection {
+    pub nodes: Vec<String>,
+    token: Option<String>,
+    ca_pem: Option<Vec<u8>>,
+}
+
+impl Connection {
+    /// A client builder for these nodes, with the token and CA if given.
+    pub fn builder(&self) -> dcache_client::ClientBuilder {
+        let mut builder = dcache_client::Client::builder(self.nodes.iter().cloned());
+        if let Some(token) = &self.token {
+            builder = builder.token(token.clone());
+        }
+        if let Some(pem) = &self.ca_pem {
+            builder = builder.ca_certificate_pem(pem.clone());
+        }
+        builder
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let explicit_nodes = cli.nodes.clone();
-    let nodes = cli.nodes.unwrap_or_else(|| vec![DEFAULT_NODES.to_owned()]);
+    let ca_pem = match &cli.ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("cannot read --ca-file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let nodes = Connection {
+        nodes: cli.nodes.unwrap_or_else(|| vec![DEFAULT_NODES.to_owned()]),
+        token: cli.token,
+        ca_pem,
+    };
+    let nodes = &nodes;
     match cli.command {
-        Command::Get { key, consistency } => oneshot::get(&nodes, &key, consistency.into()).await,
+        Command::Get { key, consistency } => oneshot::get(nodes, &key, consistency.into()).await,
         Command::Set {
             key,
             value,
             ttl,
             raw,
-        } => oneshot::set(&nodes, &key, &value, ttl, raw).await,
-        Command::Del { key } => oneshot::delete(&nodes, &key).await,
-        Command::Stats => oneshot::stats(&nodes).await,
-        Command::Cluster => oneshot::cluster(&nodes).await,
+        } => oneshot::set(nodes, &key, &value, ttl, raw).await,
+        Command::Del { key } => oneshot::delete(nodes, &key).await,
+        Command::Stats => oneshot::stats(nodes).await,
+        Command::Cluster => oneshot::cluster(nodes).await,
         Command::Local(args) => local_cmd::run(args).await,
-        Command::Bench(args) => bench::command(&nodes, args).await,
+        Command::Bench(args) => bench::command(nodes, args).await,
         Command::Demo(args) => {
             let target = args.demo_nodes.clone().or(explicit_nodes);
             demo::run(target, args.node_binary).await

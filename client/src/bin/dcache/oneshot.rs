@@ -10,8 +10,11 @@ use dcache_client::cluster_status::ClusterStatus;
 use dcache_client::{Client, Consistency, Entry, PartitionMap, Value};
 use dcache_protocol::wire::Stats;
 
-fn client(nodes: &[String], consistency: Consistency) -> anyhow::Result<Client> {
-    Ok(Client::builder(nodes.iter().cloned())
+use crate::Connection;
+
+fn client(connection: &Connection, consistency: Consistency) -> anyhow::Result<Client> {
+    Ok(connection
+        .builder()
         .read_consistency(consistency)
         // Long enough to ride out a leader election, short enough that a command
         // aimed at a cluster that is not running says so promptly.
@@ -20,11 +23,11 @@ fn client(nodes: &[String], consistency: Consistency) -> anyhow::Result<Client> 
 }
 
 pub async fn get(
-    nodes: &[String],
+    connection: &Connection,
     key: &str,
     consistency: Consistency,
 ) -> anyhow::Result<ExitCode> {
-    let client = client(nodes, consistency)?;
+    let client = client(connection, consistency)?;
     match client.get_value(key).await? {
         None => {
             eprintln!("(not found) {key}");
@@ -44,13 +47,13 @@ pub async fn get(
 }
 
 pub async fn set(
-    nodes: &[String],
+    connection: &Connection,
     key: &str,
     value: &str,
     ttl: Option<Duration>,
     raw: bool,
 ) -> anyhow::Result<ExitCode> {
-    let client = client(nodes, Consistency::Linearizable)?;
+    let client = client(connection, Consistency::Linearizable)?;
     if raw {
         client
             .set_bytes(key, value.as_bytes().to_vec(), ttl)
@@ -66,8 +69,8 @@ pub async fn set(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn delete(nodes: &[String], key: &str) -> anyhow::Result<ExitCode> {
-    let client = client(nodes, Consistency::Linearizable)?;
+pub async fn delete(connection: &Connection, key: &str) -> anyhow::Result<ExitCode> {
+    let client = client(connection, Consistency::Linearizable)?;
     if client.delete(key).await? {
         println!("deleted {key}");
         Ok(ExitCode::SUCCESS)
@@ -95,8 +98,8 @@ async fn member_addrs(client: &Client) -> anyhow::Result<Vec<(String, String)>> 
         .collect())
 }
 
-pub async fn stats(nodes: &[String]) -> anyhow::Result<ExitCode> {
-    let client = client(nodes, Consistency::Linearizable)?;
+pub async fn stats(connection: &Connection) -> anyhow::Result<ExitCode> {
+    let client = client(connection, Consistency::Linearizable)?;
     let members = member_addrs(&client).await?;
     let answers = futures_util::future::join_all(
         members
@@ -174,8 +177,8 @@ pub async fn stats(nodes: &[String]) -> anyhow::Result<ExitCode> {
     })
 }
 
-pub async fn cluster(nodes: &[String]) -> anyhow::Result<ExitCode> {
-    let client = client(nodes, Consistency::Linearizable)?;
+pub async fn cluster(connection: &Connection) -> anyhow::Result<ExitCode> {
+    let client = client(connection, Consistency::Linearizable)?;
     let map = client
         .partition_map()
         .await
