@@ -22,8 +22,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tower::ServiceExt;
 
+use crate::auth::{Authenticator, Scope};
 use crate::clock::Clock;
-use crate::http::{Limits, Node, router};
+use crate::http::{Access, Limits, Node, access, router};
 use crate::raft::membership::{CopyStatus, DropRequest, ReconcileOutcome, ReconcileRequest};
 use crate::raft::rpc::WriteOutcome;
 use crate::raft::{ClusterState, Command, CommandResult, MemberNode, NodeId, TypeConfig, snapshot};
@@ -86,6 +87,13 @@ fn http_status(data: &[u8]) -> Option<StatusCode> {
         4 => Method::HEAD,
         _ => Method::PATCH,
     };
+    let credentials = match content_type / 5 % 5 {
+        0 => Credentials::AuthOff,
+        1 => Credentials::Token(READ_TOKEN.as_bytes(), Scope::Read),
+        2 => Credentials::Token(WRITE_TOKEN.as_bytes(), Scope::Write),
+        3 => Credentials::Missing,
+        _ => Credentials::Raw,
+    };
     let content_type = match content_type % 5 {
         0 => Some("application/json"),
         1 => Some("application/octet-stream"),
@@ -97,6 +105,15 @@ fn http_status(data: &[u8]) -> Option<StatusCode> {
         Some(at) => (&rest[..at], &rest[at + 1..]),
         None => (rest, &[][..]),
     };
+    // With raw credentials the body's first line is the Authorization header as sent.
+    let (authorization, body) = match credentials {
+        Credentials::Raw => match body.iter().position(|b| *b == b'\r') {
+            Some(at) => (Some(&body[..at]), &body[at + 1..]),
+            None => (Some(body), &[][..]),
+        },
+        Credentials::Token(token, _) => (Some(token), body),
+        Credentials::AuthOff | Credentials::Missing => (None, body),
+    };
     let target = if target.starts_with(b"/") {
         target.to_vec()
     } else {
@@ -106,21 +123,28 @@ fn http_status(data: &[u8]) -> Option<StatusCode> {
         return None;
     };
     let head = method == Method::HEAD;
+    let needed = access(&method, uri.path(), false);
     let mut request = Request::builder().method(method).uri(uri);
     if let Some(content_type) = content_type {
         request = request.header(header::CONTENT_TYPE, content_type);
+    }
+    if let Some(authorization) = authorization {
+        let Ok(value) =
+            header::HeaderValue::from_bytes(&[b"Bearer ".as_slice(), authorization].concat())
+        else {
+            return None;
+        };
+        request = request.header(header::AUTHORIZATION, value);
     }
     let Ok(request) = request.body(Body::from(body.to_vec())) else {
         return None;
     };
 
-    let node = Arc::new(Node::new(
-        "fuzz".into(),
-        fresh_store(),
-        LIMITS,
-        None,
-        PARTITIONS,
-    ));
+    let mut node = Node::new("fuzz".into(), fresh_store(), LIMITS, None, PARTITIONS);
+    if !matches!(credentials, Credentials::AuthOff) {
+        node.protection.auth = Some(authenticator());
+    }
+    let node = Arc::new(node);
     // A key already there, so deletes and replacements have something to change.
     node.store.set(
         Bytes::from_static(b"present"),
@@ -173,7 +197,45 @@ fn http_status(data: &[u8]) -> Option<StatusCode> {
             serde_json::from_slice(&body).expect("an error body is JSON");
         assert!(error["error"].is_string(), "no error message: {error}");
     }
+    // With auth on, nothing that needs a scope succeeds without a token holding it.
+    if let (Access::Needs(scope), true) = (needed, status.is_success()) {
+        match credentials {
+            Credentials::AuthOff => {}
+            Credentials::Token(_, held) => {
+                assert_eq!(held, scope, "a {held:?} token was let through to {scope:?}")
+            }
+            Credentials::Missing | Credentials::Raw => {
+                panic!("{status} for a request needing {scope:?} without a valid token")
+            }
+        }
+    }
     Some(status)
+}
+
+/// Which Authorization a fuzzed request carries, and whether the node checks tokens.
+#[derive(Debug, Clone, Copy)]
+enum Credentials {
+    AuthOff,
+    Token(&'static [u8], Scope),
+    Missing,
+    /// Whatever bytes the fuzzer chose, after `Bearer `.
+    Raw,
+}
+
+const READ_TOKEN: &str = "fuzz-reader-token-0123456789";
+const WRITE_TOKEN: &str = "fuzz-writer-token-0123456789";
+
+/// A token checker over a file written once per process.
+fn authenticator() -> Authenticator {
+    static TOKENS_FILE: OnceLock<std::path::PathBuf> = OnceLock::new();
+    let path = TOKENS_FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("dcache-fuzz-tokens-{}", std::process::id()));
+        std::fs::write(&path, format!("{READ_TOKEN} read\n{WRITE_TOKEN} write\n"))
+            .expect("the temporary directory is writable");
+        path
+    });
+    Authenticator::load(vec![path.clone()], std::time::Duration::from_secs(3600))
+        .expect("the fuzz tokens parse")
 }
 
 /// Decodes `body` as the postcard message `T` as the Raft endpoint would; whatever
@@ -335,6 +397,11 @@ fn http_seeds() -> Vec<Vec<u8>> {
         request(0, 4, "/health", b""),
         request(5, 0, "/cache/k", b"{}"),
         request(1, 2, "/cache/k", b"text"),
+        // Auth on: a read token reads, a write token writes, no token is refused.
+        request(0, 5, "/cache/present", b""),
+        request(1, 10, "/cache/k", br#"{"value": 1}"#),
+        request(1, 15, "/cache/k", br#"{"value": 1}"#),
+        request(2, 20, "/cache/k", b"not-a-token\r{\"value\": 1}"),
     ]
 }
 
