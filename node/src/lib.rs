@@ -12,6 +12,7 @@ pub mod config;
 pub mod http;
 pub mod lost;
 pub mod metrics;
+pub mod persist;
 pub mod placement;
 pub mod raft;
 pub mod server;

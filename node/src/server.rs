@@ -25,6 +25,8 @@ use tracing::{debug, error, info, warn};
 use crate::cluster::{Cluster, RingSettings};
 use crate::config::NodeConfig;
 use crate::http::{Limits, Node, router};
+use crate::persist::wal::{self, WalOptions};
+use crate::persist::{DataDir, Disk};
 use crate::raft::groups::Groups;
 use crate::raft::transport::Transport;
 use crate::raft::{self, MemberNode, NodeId};
@@ -87,9 +89,34 @@ pub fn build_node(
     }
     .validate()
     .context("invalid Raft timing: the election timeout must exceed the heartbeat")?;
-    // A fresh Raft identity every start: memory-only state never survives a restart,
-    // so the node must never vote under an identity it may have voted with before.
-    let raft_id: NodeId = rand::random::<u64>().max(1);
+    // Memory-only: a fresh Raft identity every start, since nothing survives a restart
+    // and the node must never vote under an identity it may have voted with before.
+    // With its disk, the node keeps its identity along with its votes and log.
+    let disk = match config.data_dir().map_err(anyhow::Error::msg)? {
+        None => None,
+        Some(dir) => {
+            let data_dir = DataDir::open(dir, &me.name, config.partitions)
+                .with_context(|| format!("cannot use data directory {}", dir.display()))?;
+            let options = WalOptions {
+                policy: config.fsync,
+                segment_bytes: wal::SEGMENT_BYTES,
+            };
+            info!(
+                dir = %dir.display(),
+                raft_id = data_dir.identity.raft_id,
+                restarted = data_dir.restarted,
+                fsync = ?config.fsync,
+                "persistence on disk"
+            );
+            let disk = Disk::open(data_dir, options)
+                .with_context(|| format!("cannot recover data directory {}", dir.display()))?;
+            Some(Arc::new(disk))
+        }
+    };
+    let raft_id: NodeId = match &disk {
+        Some(disk) => disk.data_dir.identity.raft_id,
+        None => rand::random::<u64>().max(1),
+    };
     let mut groups = Groups::new(
         raft_id,
         me,
@@ -99,6 +126,7 @@ pub fn build_node(
         config.partitions,
     );
     groups.read_policy = config.read_policy.into();
+    groups.disk = disk;
     let groups = Arc::new(groups);
     let cluster = Cluster::new(
         groups,
@@ -145,6 +173,13 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Some(cluster) = &node.cluster {
+        cluster
+            .groups
+            .restore()
+            .await
+            .map_err(std::io::Error::other)?;
+    }
     let stop = CancellationToken::new();
     let balancer = node.cluster.clone().map(|cluster| {
         let stop = stop.clone();
