@@ -32,6 +32,7 @@ async fn main() -> anyhow::Result<()> {
     let api_addr = listener.local_addr()?;
     let raft_addr = raft_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let node = build_node(&config, api_addr, raft_addr)?;
+    let shutdown = shutdown_signal();
     info!(
         node_id = %node.node_id,
         listen = %api_addr,
@@ -45,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
         raft_listener,
         node,
         ServeOptions::from_config(&config),
-        shutdown_signal(),
+        shutdown,
     )
     .await
     .context("server failed")?;
