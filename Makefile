@@ -5,7 +5,7 @@ CARGO ?= cargo
 RELEASE_DIR := target/release
 NODE_PORT ?= 7000
 
-.PHONY: run node local demo test lint fmt build release crds manifests fuzz chaos bench bench-node bench-reads bench-peers bench-memory bench-eviction clean
+.PHONY: run node local demo test lint fmt build release crds manifests fuzz chaos bench bench-node bench-reads bench-peers bench-persistence bench-memory bench-eviction clean
 
 ## run: build, start a 3-node local cluster and play every demo scenario on it
 run: demo
@@ -63,7 +63,7 @@ chaos:
 	DCACHE_CHAOS_SECONDS=$(CHAOS_SECONDS) $(CARGO) test --locked -p dcache-node --test chaos -- --nocapture
 
 ## bench: every benchmark program; figures go to bench/results/
-bench: bench-eviction bench-memory bench-node bench-reads bench-peers
+bench: bench-eviction bench-memory bench-node bench-reads bench-peers bench-persistence
 
 ## bench-node: wrk against one node and against a trivial nginx (the HTTP ceiling)
 bench-node: release
@@ -78,6 +78,11 @@ bench-reads: release
 ## generator, the same shape; installs redis-server and etcd-server when missing
 bench-peers: release
 	bash bench/peers.sh
+
+## bench-persistence: writes to 3 nodes memory-only, with --fsync always and with
+## --fsync interval:10, vs a 3-member etcd, data on disk; the interval's loss window
+bench-persistence: release
+	bash bench/persistence.sh
 
 ## bench-memory: 1 GiB of distinct 1 KiB values into a 64 MiB budget; RSS measured
 bench-memory: release

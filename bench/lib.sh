@@ -42,3 +42,28 @@ m = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", text)
 p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 print(rps, p99)'
 }
+
+# Starts a 3-member etcd cluster on loopback with its data under DIR; appends its pids
+# to the array `pids` and sets `etcd_nodes` to its client addresses (comma-separated).
+# Usage: start_etcd DIR
+start_etcd() {
+  local dir=$1 cluster="" i
+  local -a client_ports peer_ports
+  etcd_nodes=""
+  for i in 0 1 2; do
+    client_ports[$i]=$(free_port); peer_ports[$i]=$(free_port)
+    cluster+="${cluster:+,}e$i=http://127.0.0.1:${peer_ports[$i]}"
+    etcd_nodes+="${etcd_nodes:+,}127.0.0.1:${client_ports[$i]}"
+  done
+  for i in 0 1 2; do
+    etcd --name "e$i" --data-dir "$dir/etcd-$i" \
+      --listen-client-urls "http://127.0.0.1:${client_ports[$i]}" \
+      --advertise-client-urls "http://127.0.0.1:${client_ports[$i]}" \
+      --listen-peer-urls "http://127.0.0.1:${peer_ports[$i]}" \
+      --initial-advertise-peer-urls "http://127.0.0.1:${peer_ports[$i]}" \
+      --initial-cluster "$cluster" --initial-cluster-state new \
+      --initial-cluster-token dcache-bench >"$dir/etcd-$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for i in 0 1 2; do wait_http "http://127.0.0.1:${client_ports[$i]}/health"; done
+}

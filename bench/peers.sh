@@ -45,24 +45,7 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
 pids+=($!)
 
 # etcd: three members on loopback.
-etcd_cluster="" etcd_nodes=""
-declare -a client_ports peer_ports
-for i in 0 1 2; do
-  client_ports[$i]=$(free_port); peer_ports[$i]=$(free_port)
-  etcd_cluster+="${etcd_cluster:+,}e$i=http://127.0.0.1:${peer_ports[$i]}"
-  etcd_nodes+="${etcd_nodes:+,}127.0.0.1:${client_ports[$i]}"
-done
-for i in 0 1 2; do
-  etcd --name "e$i" --data-dir "$work/etcd-$i" \
-    --listen-client-urls "http://127.0.0.1:${client_ports[$i]}" \
-    --advertise-client-urls "http://127.0.0.1:${client_ports[$i]}" \
-    --listen-peer-urls "http://127.0.0.1:${peer_ports[$i]}" \
-    --initial-advertise-peer-urls "http://127.0.0.1:${peer_ports[$i]}" \
-    --initial-cluster "$etcd_cluster" --initial-cluster-state new \
-    --initial-cluster-token dcache-bench >"$work/etcd-$i.log" 2>&1 &
-  pids+=($!)
-done
-for i in 0 1 2; do wait_http "http://127.0.0.1:${client_ports[$i]}/health"; done
+start_etcd "$work"
 
 bench() {  # bench TARGET NODES RATIO [extra flags]: prints the JSON report on one line
   local target=$1 nodes=$2 ratio=$3

@@ -194,6 +194,25 @@ pub struct NodeConfig {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub admin_rate_limit: u32,
 
+    /// Where the Raft log, votes and snapshots live: `none` keeps everything in memory
+    /// (a restarted node rejoins as a new member and catches up from its peers), `disk`
+    /// keeps them in `--data-dir`, so a restarted node keeps its identity and data.
+    #[arg(long, env = "DCACHE_PERSISTENCE", value_enum, default_value_t = Persistence::None)]
+    pub persistence: Persistence,
+
+    /// The directory for `--persistence disk`: the node's identity, its write-ahead log
+    /// and its snapshots. Locked while the node runs.
+    #[arg(long, env = "DCACHE_DATA_DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+
+    /// When an appended entry counts as stored (`--persistence disk`): `always` after
+    /// fdatasync (nothing acknowledged is ever lost), `interval:<ms>` after write(2)
+    /// with fdatasync every <ms> (a crashed process loses nothing; a crashed machine
+    /// may lose up to that long of acknowledged writes). Votes and snapshots are
+    /// always synced.
+    #[arg(long, env = "DCACHE_FSYNC", default_value = "always", value_parser = crate::persist::FsyncPolicy::parse)]
+    pub fsync: crate::persist::FsyncPolicy,
+
     /// Log line format. The level comes from RUST_LOG (default: info).
     #[arg(long, env = "DCACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -215,6 +234,12 @@ impl From<ReadPolicy> for openraft::ReadPolicy {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Persistence {
+    None,
+    Disk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -225,6 +250,23 @@ impl NodeConfig {
         self.node_id
             .clone()
             .unwrap_or_else(|| self.listen.to_string())
+    }
+
+    /// The data directory if persistence is on; refuses flags that contradict each
+    /// other rather than ignoring one of them.
+    pub fn data_dir(&self) -> Result<Option<&std::path::Path>, String> {
+        match (self.persistence, &self.data_dir) {
+            (Persistence::None, None) => Ok(None),
+            (Persistence::None, Some(_)) => {
+                Err("--data-dir is only used with --persistence disk".into())
+            }
+            (Persistence::Disk, None) => Err("--persistence disk needs --data-dir".into()),
+            (Persistence::Disk, Some(_)) if self.raft_listen.is_none() => Err(
+                "--persistence disk keeps the Raft log: it needs a cluster member (--raft-listen)"
+                    .into(),
+            ),
+            (Persistence::Disk, Some(dir)) => Ok(Some(dir)),
+        }
     }
 }
 
@@ -298,5 +340,47 @@ mod tests {
         let err =
             NodeConfig::try_parse_from(["dcache-node", "--eviction-policy", "fifo"]).unwrap_err();
         assert!(err.to_string().contains("tinylfu"), "{err}");
+        assert_eq!(config.persistence, Persistence::None);
+        assert_eq!(config.data_dir(), Ok(None));
+    }
+
+    #[test]
+    fn persistence_flags_must_agree() {
+        let parse = |args: &[&str]| {
+            NodeConfig::try_parse_from(
+                ["dcache-node", "--raft-listen", "127.0.0.1:0"]
+                    .iter()
+                    .chain(args),
+            )
+        };
+        let disk = parse(&[
+            "--persistence",
+            "disk",
+            "--data-dir",
+            "/tmp/d",
+            "--fsync",
+            "interval:10",
+        ])
+        .unwrap();
+        assert_eq!(disk.data_dir(), Ok(Some(std::path::Path::new("/tmp/d"))));
+        assert_eq!(
+            disk.fsync,
+            crate::persist::FsyncPolicy::Interval(Duration::from_millis(10))
+        );
+        let no_dir = parse(&["--persistence", "disk"]).unwrap();
+        assert!(no_dir.data_dir().unwrap_err().contains("needs --data-dir"));
+        let stray_dir = parse(&["--data-dir", "/tmp/d"]).unwrap();
+        assert!(stray_dir.data_dir().unwrap_err().contains("only used with"));
+        let standalone = NodeConfig::try_parse_from([
+            "dcache-node",
+            "--persistence",
+            "disk",
+            "--data-dir",
+            "/tmp/d",
+        ])
+        .unwrap();
+        assert!(standalone.data_dir().unwrap_err().contains("--raft-listen"));
+        let err = parse(&["--fsync", "sometimes"]).unwrap_err();
+        assert!(err.to_string().contains("interval:<ms>"), "{err}");
     }
 }

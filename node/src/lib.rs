@@ -14,6 +14,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod lost;
 pub mod metrics;
+pub mod persist;
 pub mod placement;
 pub mod raft;
 pub mod reloading;

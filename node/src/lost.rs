@@ -5,8 +5,10 @@
 //! `GET /cluster` and counted by `dcache_cluster_partitions_lost`), so that the data
 //! loss is never silent and the partition never stays broken.
 //!
-//! A member's Raft identity is fresh at every start, so a voter id that is no current
-//! member's incarnation can never answer again: that is what makes the verdict certain.
+//! A member's Raft identity is fresh at every start without its state (with
+//! persistence it is kept only together with that state), so a voter id that is no
+//! current member's incarnation can never answer again: that is what makes the verdict
+//! certain.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

@@ -33,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let api_addr = listener.local_addr()?;
     let raft_addr = raft_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let node = build_node(&config, api_addr, raft_addr)?;
+    let shutdown = shutdown_signal();
     info!(
         node_id = %node.node_id,
         listen = %api_addr,
@@ -49,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
         node,
         ServeOptions::from_config(&config),
         listening,
-        shutdown_signal(),
+        shutdown,
     )
     .await
     .context("server failed")?;

@@ -120,6 +120,13 @@ impl Metrics {
     /// The Prometheus text exposition of every metric, gauges refreshed first.
     /// Exports what a cluster member knows of its groups and the balancer.
     pub fn watch_cluster(&self, cluster: Arc<Cluster>) {
+        if let Some(disk) = &cluster.groups.disk {
+            for collector in disk.metrics.collectors() {
+                self.registry
+                    .register(collector)
+                    .expect("write-ahead log metrics registered once");
+            }
+        }
         self.registry
             .register(Box::new(ClusterCollector::new(cluster)))
             .expect("cluster metrics registered once");

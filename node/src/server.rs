@@ -29,6 +29,8 @@ use crate::cluster::{Cluster, RingSettings};
 use crate::config::NodeConfig;
 use crate::http::{Limits, Node, Protection, TokenBucket, router};
 use crate::metrics::{Rejection, Rejections};
+use crate::persist::wal::{self, WalOptions};
+use crate::persist::{DataDir, Disk};
 use crate::raft::groups::Groups;
 use crate::raft::transport::{PeerSecurity, Transport};
 use crate::raft::{self, MemberNode, NodeId};
@@ -99,9 +101,34 @@ pub fn build_node(
     }
     .validate()
     .context("invalid Raft timing: the election timeout must exceed the heartbeat")?;
-    // A fresh Raft identity every start: memory-only state never survives a restart,
-    // so the node must never vote under an identity it may have voted with before.
-    let raft_id: NodeId = rand::random::<u64>().max(1);
+    // Memory-only: a fresh Raft identity every start, since nothing survives a restart
+    // and the node must never vote under an identity it may have voted with before.
+    // With its disk, the node keeps its identity along with its votes and log.
+    let disk = match config.data_dir().map_err(anyhow::Error::msg)? {
+        None => None,
+        Some(dir) => {
+            let data_dir = DataDir::open(dir, &me.name, config.partitions)
+                .with_context(|| format!("cannot use data directory {}", dir.display()))?;
+            let options = WalOptions {
+                policy: config.fsync,
+                segment_bytes: wal::SEGMENT_BYTES,
+            };
+            info!(
+                dir = %dir.display(),
+                raft_id = data_dir.identity.raft_id,
+                restarted = data_dir.restarted,
+                fsync = ?config.fsync,
+                "persistence on disk"
+            );
+            let disk = Disk::open(data_dir, options)
+                .with_context(|| format!("cannot recover data directory {}", dir.display()))?;
+            Some(Arc::new(disk))
+        }
+    };
+    let raft_id: NodeId = match &disk {
+        Some(disk) => disk.data_dir.identity.raft_id,
+        None => rand::random::<u64>().max(1),
+    };
     let mut groups = Groups::new(
         raft_id,
         me,
@@ -111,6 +138,7 @@ pub fn build_node(
         config.partitions,
     );
     groups.read_policy = config.read_policy.into();
+    groups.disk = disk;
     let groups = Arc::new(groups);
     let cluster = Cluster::new(
         groups,
@@ -267,6 +295,13 @@ pub async fn serve_with(
     listening: Listening,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Some(cluster) = &node.cluster {
+        cluster
+            .groups
+            .restore()
+            .await
+            .map_err(std::io::Error::other)?;
+    }
     let stop = CancellationToken::new();
     let balancer = node.cluster.clone().map(|cluster| {
         let stop = stop.clone();
@@ -534,27 +569,32 @@ async fn run_maintenance(node: Arc<Node>, every: Duration, stop: CancellationTok
     }
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Completes on SIGTERM or Ctrl-C. SIGTERM is caught from the call on, not from the
+/// first poll: a node that has announced it serves must never die of the default action.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let terminate = async {
+            match terminate {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
+                    std::future::pending::<()>().await;
+                }
             }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
-                std::future::pending::<()>().await;
-            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => info!("received Ctrl-C"),
+            () = terminate => info!("received SIGTERM"),
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => info!("received Ctrl-C"),
-        () = terminate => info!("received SIGTERM"),
     }
 }

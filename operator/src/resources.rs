@@ -278,6 +278,12 @@ pub fn node_environment(dc: &DistributedCache, max_memory_bytes: u64) -> Vec<Env
         vars.push(env("DCACHE_TLS_KEY_FILE", format!("{TLS_DIR}/tls.key")));
         vars.push(env("DCACHE_TLS_CA_FILE", format!("{TLS_DIR}/{CA_KEY}")));
     }
+    if spec.persistence.enabled {
+        // The claim `data` is mounted there: the node keeps its identity, Raft log and
+        // snapshots on it and comes back with them after a restart.
+        vars.push(env("DCACHE_PERSISTENCE", "disk"));
+        vars.push(env("DCACHE_DATA_DIR", DATA_DIR));
+    }
     vars
 }
 
@@ -761,6 +767,48 @@ mod tests {
         let retention = spec.persistent_volume_claim_retention_policy.unwrap();
         assert_eq!(retention.when_scaled.as_deref(), Some("Delete"));
         assert_eq!(retention.when_deleted.as_deref(), Some("Delete"));
+
+        // The node is told to keep its state on the claim's mount.
+        let pod = spec.template.spec.unwrap();
+        let container = &pod.containers[0];
+        let mount = container
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == claim.metadata.name.clone().unwrap())
+            .expect("the claim is mounted");
+        let env: BTreeMap<_, _> = container
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter_map(|v| Some((v.name.as_str(), v.value.clone()?)))
+            .collect();
+        assert_eq!(env["DCACHE_PERSISTENCE"], "disk");
+        assert_eq!(env["DCACHE_DATA_DIR"], mount.mount_path);
+    }
+
+    fn sts_has_no_claims(dc: &DistributedCache) -> bool {
+        desired_statefulset(dc, 3, 1 << 29)
+            .spec
+            .unwrap()
+            .volume_claim_templates
+            .is_none()
+    }
+
+    #[test]
+    fn without_persistence_the_node_stays_in_memory() {
+        let sts = desired_statefulset(&cache(json!({})), 3, 1 << 29);
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let env = pod.containers[0].env.clone().unwrap();
+        assert!(
+            env.iter()
+                .all(|v| v.name != "DCACHE_PERSISTENCE" && v.name != "DCACHE_DATA_DIR")
+        );
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        assert!(mounts.iter().all(|m| m.mount_path != DATA_DIR));
+        assert!(sts_has_no_claims(&cache(json!({}))));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft_multi::GroupNetworkFactory;
 use tracing::info;
 
-use super::log_store::MemLogStore;
+use super::log_store::LogStore;
 use super::membership::can_take_over;
 use super::state_machine::{GroupStateMachine, Target};
 use super::transport::Transport;
@@ -18,6 +18,7 @@ use super::{
     ClusterState, Command, CommandResult, GroupId, GroupRaft, MemberNode, NodeId, TypeConfig,
     group_partition,
 };
+use crate::persist::Disk;
 use crate::store::Store;
 
 /// How long a write or a linearizable read waits for a quorum before the client is told
@@ -49,6 +50,8 @@ pub struct Groups {
     creating: tokio::sync::Mutex<()>,
     /// Set when the node is stopping: it hands its leaderships away and takes none.
     stepping_down: AtomicBool,
+    /// With persistence: where logs and snapshots are kept.
+    pub disk: Option<Arc<Disk>>,
 }
 
 impl Groups {
@@ -72,7 +75,24 @@ impl Groups {
             groups: RwLock::default(),
             creating: tokio::sync::Mutex::new(()),
             stepping_down: AtomicBool::new(false),
+            disk: None,
         }
+    }
+
+    /// Starts every group the data directory holds, as it was: a node restarted with
+    /// its disk is back in its groups under its own identity before it serves.
+    pub async fn restore(&self) -> Result<usize, String> {
+        let Some(disk) = &self.disk else {
+            return Ok(0);
+        };
+        let groups = disk.recovered_groups();
+        for &group in &groups {
+            self.get_or_create(group, true).await?;
+        }
+        if !groups.is_empty() {
+            info!(groups = groups.len(), "restored the groups kept on disk");
+        }
+        Ok(groups.len())
     }
 
     pub fn get(&self, group: GroupId) -> Option<GroupRaft> {
@@ -127,12 +147,25 @@ impl Groups {
                 store: self.store.clone(),
             },
         };
+        let (log, machine) = match &self.disk {
+            None => (LogStore::memory(), GroupStateMachine::new(target)),
+            Some(disk) => {
+                let recovered = disk.take_recovered(group);
+                let machine =
+                    GroupStateMachine::durable(target, disk.clone(), group, recovered.snapshot)
+                        .map_err(|e| format!("cannot restore group {group}: {e}"))?;
+                (
+                    LogStore::durable(group, recovered.log, disk.wal.clone()),
+                    machine,
+                )
+            }
+        };
         let raft = GroupRaft::new(
             self.id,
             self.config.clone(),
             GroupNetworkFactory::new(self.transport.clone(), group),
-            MemLogStore::default(),
-            GroupStateMachine::new(target),
+            log,
+            machine,
         )
         .await
         .map_err(|e| format!("cannot start group {group}: {e}"))?;
@@ -192,6 +225,11 @@ impl Groups {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&group);
         raft.shutdown().await.map_err(|e| e.to_string())?;
+        if let Some(disk) = &self.disk {
+            disk.drop_group(group)
+                .await
+                .map_err(|e| format!("cannot forget group {group} on disk: {e}"))?;
+        }
         if let Some(partition) = group_partition(group) {
             let store = self.store.clone();
             let partitions = self.partitions;
@@ -312,6 +350,10 @@ impl Groups {
             if let Err(e) = raft.shutdown().await {
                 tracing::warn!(group, error = %e, "raft group did not shut down cleanly");
             }
+        }
+        if let Some(disk) = &self.disk {
+            let wal = disk.wal.clone();
+            let _ = tokio::task::spawn_blocking(move || wal.close()).await;
         }
     }
 }

@@ -1,7 +1,10 @@
-//! The Raft log and vote of one group, in memory.
+//! The Raft log and vote of one group: in memory, and with persistence also in the
+//! node's write-ahead log.
 //!
 //! Memory-only is the default for a cache: a node that restarts comes back as a new
-//! incarnation and catches up from a snapshot, so nothing here needs to survive it.
+//! incarnation and catches up from a snapshot, so nothing needs to survive it. With
+//! `--persistence disk` every change is also queued to the [`Wal`] in the order it is
+//! made in memory; reads are always served from memory.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -13,24 +16,58 @@ use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::{LogState, OptionalSend, RaftLogReader};
 
-use super::TypeConfig;
+use super::{GroupId, TypeConfig};
+use crate::persist::wal::Wal;
 
-#[derive(Default)]
-struct Log {
-    vote: Option<VoteOf<TypeConfig>>,
-    committed: Option<LogIdOf<TypeConfig>>,
-    purged: Option<LogIdOf<TypeConfig>>,
-    entries: BTreeMap<u64, EntryOf<TypeConfig>>,
+/// One group's log and vote as they are in memory (and, with persistence, as the
+/// write-ahead log replays them).
+#[derive(Debug, Default, Clone)]
+pub struct Log {
+    pub vote: Option<VoteOf<TypeConfig>>,
+    pub committed: Option<LogIdOf<TypeConfig>>,
+    pub purged: Option<LogIdOf<TypeConfig>>,
+    pub entries: BTreeMap<u64, EntryOf<TypeConfig>>,
+}
+
+impl Log {
+    pub fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TypeConfig>>) {
+        let first_removed = last_log_id.map_or(0, |id| id.index + 1);
+        let _ = self.entries.split_off(&first_removed);
+    }
+
+    pub fn purge(&mut self, log_id: LogIdOf<TypeConfig>) {
+        self.entries = self.entries.split_off(&(log_id.index + 1));
+        if self.purged.is_none_or(|purged| purged < log_id) {
+            self.purged = Some(log_id);
+        }
+    }
 }
 
 /// A cheap-to-clone handle; clones share the log (the reader openraft asks for is one).
 #[derive(Clone, Default)]
-pub struct MemLogStore {
-    // A std mutex: every critical section is a map operation with no await inside.
+pub struct LogStore {
+    // A std mutex: every critical section is a map operation (and, with persistence, a
+    // queued record) with no await inside.
     log: Arc<Mutex<Log>>,
+    wal: Option<(Wal, GroupId)>,
 }
 
-impl MemLogStore {
+impl LogStore {
+    /// A log kept in memory only.
+    pub fn memory() -> Self {
+        Self::default()
+    }
+
+    /// `group`'s log as the write-ahead log recovered it, kept there from now on.
+    pub fn durable(group: GroupId, log: Log, wal: Wal) -> Self {
+        let log = Arc::new(Mutex::new(log));
+        wal.register(group, &log);
+        Self {
+            log,
+            wal: Some((wal, group)),
+        }
+    }
+
     fn log(&self) -> std::sync::MutexGuard<'_, Log> {
         self.log
             .lock()
@@ -38,7 +75,7 @@ impl MemLogStore {
     }
 }
 
-impl RaftLogReader<TypeConfig> for MemLogStore {
+impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
@@ -56,7 +93,7 @@ impl RaftLogReader<TypeConfig> for MemLogStore {
     }
 }
 
-impl RaftLogStorage<TypeConfig> for MemLogStore {
+impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
@@ -79,15 +116,22 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
         self.log().vote = Some(*vote);
-        Ok(())
+        match &self.wal {
+            Some((wal, group)) => wal.save_vote(*group, *vote).await,
+            None => Ok(()),
+        }
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
-        self.log().committed = committed;
-        Ok(())
+        let mut log = self.log();
+        log.committed = committed;
+        match &self.wal {
+            Some((wal, group)) => wal.save_committed(*group, committed),
+            None => Ok(()),
+        }
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
@@ -103,13 +147,24 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
         I: IntoIterator<Item = EntryOf<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        {
-            let mut log = self.log();
-            for entry in entries {
-                log.entries.insert(entry.log_id.index, entry);
+        let mut log = self.log();
+        match &self.wal {
+            None => {
+                for entry in entries {
+                    log.entries.insert(entry.log_id.index, entry);
+                }
+                drop(log);
+                callback.io_completed(Ok(()));
+            }
+            Some((wal, group)) => {
+                let entries: Vec<EntryOf<TypeConfig>> = entries.into_iter().collect();
+                // Queued under the log's lock: the order on disk is the order here.
+                wal.append_entries(*group, &entries, callback);
+                for entry in entries {
+                    log.entries.insert(entry.log_id.index, entry);
+                }
             }
         }
-        callback.io_completed(Ok(()));
         Ok(())
     }
 
@@ -117,15 +172,20 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
         &mut self,
         last_log_id: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
-        let first_removed = last_log_id.map_or(0, |id| id.index + 1);
-        let _ = self.log().entries.split_off(&first_removed);
-        Ok(())
+        let mut log = self.log();
+        log.truncate_after(last_log_id);
+        match &self.wal {
+            Some((wal, group)) => wal.truncate(*group, last_log_id),
+            None => Ok(()),
+        }
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
         let mut log = self.log();
-        log.entries = log.entries.split_off(&(log_id.index + 1));
-        log.purged = Some(log_id);
-        Ok(())
+        log.purge(log_id);
+        match &self.wal {
+            Some((wal, group)) => wal.purge(*group, log_id),
+            None => Ok(()),
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Replication: one Raft group (openraft) per partition, plus the cluster group that
 //! holds the cluster's metadata.
 //!
-//! The pieces, each in its own module: the in-memory [`log_store`], the
+//! The pieces, each in its own module: the [`log_store`] (in memory, and with
+//! persistence also in the node's write-ahead log, see [`crate::persist`]), the
 //! [`state_machine`] that applies commands to the node's store, the [`transport`] that
 //! carries every group's RPCs between two nodes over one pooled HTTP client, the [`rpc`]
 //! server that hands received RPCs to the right group, and the [`groups`] registry of
@@ -27,7 +28,8 @@ use crate::store::ValueKind;
 pub use cluster_state::{ClusterCommand, ClusterState};
 
 /// A node's Raft identity: one per incarnation. A node that restarts without its state
-/// gets a new one, so it can never vote twice in a term under an old identity.
+/// gets a new one, so it can never vote twice in a term under an old identity; one that
+/// restarts with its data directory keeps it, along with the votes it gave.
 pub type NodeId = dcache_protocol::cluster::RaftId;
 
 /// A Raft group: [`CLUSTER_GROUP`] or the group of one partition ([`partition_group`]).

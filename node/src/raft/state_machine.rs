@@ -15,7 +15,8 @@ use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMe
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StoredMembership};
 
 use super::snapshot::ChunkWriter;
-use super::{ClusterState, Command, CommandResult, SnapshotData, TypeConfig};
+use super::{ClusterState, Command, CommandResult, GroupId, SnapshotData, TypeConfig};
+use crate::persist::Disk;
 use crate::store::{Entry, Store};
 
 /// What a group's state machine applies to.
@@ -36,19 +37,79 @@ struct Applied {
     snapshot: Option<SnapshotOf<TypeConfig, SnapshotData>>,
 }
 
+/// Where a group's snapshots are kept on disk, with persistence.
+struct SnapshotDisk {
+    disk: Arc<Disk>,
+    group: GroupId,
+    generation: u64,
+    /// The log position of the snapshot on disk. Held while one is written: a build and
+    /// an install may finish in either order, and the newer one must stay.
+    saved: tokio::sync::Mutex<Option<LogIdOf<TypeConfig>>>,
+}
+
 /// The state machine of one group. Clones share their state.
 #[derive(Clone)]
 pub struct GroupStateMachine {
     target: Target,
     applied: Arc<Mutex<Applied>>,
+    disk: Option<Arc<SnapshotDisk>>,
 }
 
 impl GroupStateMachine {
+    /// A state machine whose snapshots live in memory only.
     pub fn new(target: Target) -> Self {
         Self {
             target,
             applied: Arc::default(),
+            disk: None,
         }
+    }
+
+    /// A state machine that keeps each snapshot of `group` on `disk`, starting from
+    /// the one there if any (openraft replays the log after it).
+    pub fn durable(
+        target: Target,
+        disk: Arc<Disk>,
+        group: GroupId,
+        snapshot_id: Option<u64>,
+    ) -> io::Result<Self> {
+        let snapshot = snapshot_id
+            .map(|id| disk.snapshots.load(group, id))
+            .transpose()?;
+        let machine = Self {
+            target,
+            applied: Arc::default(),
+            disk: Some(Arc::new(SnapshotDisk {
+                generation: disk.generation(group),
+                saved: tokio::sync::Mutex::new(snapshot.as_ref().and_then(|s| s.meta.last_log_id)),
+                disk,
+                group,
+            })),
+        };
+        if let Some(snapshot) = snapshot {
+            machine.restore(&snapshot.snapshot)?;
+            let mut applied = machine.applied();
+            applied.last_applied = snapshot.meta.last_log_id;
+            applied.membership = snapshot.meta.last_membership.clone();
+            applied.snapshot = Some(snapshot);
+        }
+        Ok(machine)
+    }
+
+    /// Writes `snapshot` to disk, with persistence, unless a newer one is there.
+    async fn keep(&self, snapshot: &SnapshotOf<TypeConfig, SnapshotData>) -> io::Result<()> {
+        let Some(disk) = &self.disk else {
+            return Ok(());
+        };
+        let mut saved = disk.saved.lock().await;
+        if *saved >= snapshot.meta.last_log_id && saved.is_some() {
+            return Ok(());
+        }
+        disk.disk
+            .save_snapshot(disk.group, disk.generation, snapshot.clone())
+            .await?;
+        *saved = snapshot.meta.last_log_id;
+        Ok(())
     }
 
     fn applied(&self) -> std::sync::MutexGuard<'_, Applied> {
@@ -153,6 +214,8 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
             meta,
             snapshot: data,
         };
+        // On disk before openraft purges the log it covers.
+        self.keep(&snapshot).await?;
         self.applied().snapshot = Some(snapshot.clone());
         Ok(snapshot)
     }
@@ -201,6 +264,12 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         meta: &SnapshotMetaOf<TypeConfig>,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
+        let snapshot = Snapshot {
+            meta: meta.clone(),
+            snapshot,
+        };
+        self.keep(&snapshot).await?;
+        let Snapshot { snapshot, .. } = snapshot;
         self.restore(&snapshot)?;
         let mut applied = self.applied();
         applied.last_applied = meta.last_log_id;

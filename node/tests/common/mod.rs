@@ -98,6 +98,8 @@ pub struct TestCluster {
     pub partitions: u32,
     /// Flags every node of this cluster starts with, beyond the test defaults.
     pub extra_args: Vec<String>,
+    /// With persistence: node `i` keeps its state in `{data_root}/node-{i}`.
+    pub data_root: Option<std::path::PathBuf>,
 }
 
 impl TestCluster {
@@ -136,6 +138,27 @@ impl TestCluster {
         NodeProcess::start(&args)
     }
 
+    /// The data directory of node `index`, with persistence.
+    pub fn data_dir(&self, index: usize) -> Option<std::path::PathBuf> {
+        self.data_root
+            .as_ref()
+            .map(|root| root.join(format!("node-{index}")))
+    }
+
+    /// The flags of node `index`: the cluster's, and its own data directory.
+    fn node_args(&self, index: usize) -> Vec<String> {
+        let mut args = self.extra_args.clone();
+        if let Some(dir) = self.data_dir(index) {
+            args.extend([
+                "--persistence".to_owned(),
+                "disk".to_owned(),
+                "--data-dir".to_owned(),
+                dir.display().to_string(),
+            ]);
+        }
+        args
+    }
+
     /// Starts one cluster node process named `node-{index}` on free ports.
     pub fn start_node(&self, index: usize) -> NodeProcess {
         Self::start_node_at(
@@ -143,18 +166,24 @@ impl TestCluster {
             self.partitions,
             "127.0.0.1:0",
             "127.0.0.1:0",
-            &self.extra_args,
+            &self.node_args(index),
         )
     }
 
-    /// Kills node `index` and starts a new process in its place, on the same
-    /// addresses, with nothing of its former state.
+    /// Kills node `index` (SIGKILL) and starts a new process in its place, on the same
+    /// addresses: with nothing of its former state, or with its data directory if the
+    /// cluster has persistence.
     pub fn restart_node(&mut self, index: usize) {
+        self.nodes[index].kill();
+        self.start_again(index);
+    }
+
+    /// Starts node `index` again, after it was killed, on its former addresses.
+    pub fn start_again(&mut self, index: usize) {
         let api = self.nodes[index].api.clone();
         let raft = self.nodes[index].raft.clone().expect("a cluster node");
-        self.nodes[index].kill();
         self.nodes[index] =
-            Self::start_node_at(index, self.partitions, &api, &raft, &self.extra_args);
+            Self::start_node_at(index, self.partitions, &api, &raft, &self.node_args(index));
     }
 
     /// Starts `n` cluster nodes and initialises them as one cluster.
@@ -170,7 +199,19 @@ impl TestCluster {
     /// Starts `n` cluster nodes with `partitions` partitions and `extra_args` as one
     /// cluster.
     pub async fn start_configured(n: usize, partitions: u32, extra_args: &[&str]) -> Self {
+        Self::start_in(n, partitions, extra_args, None).await
+    }
+
+    /// Starts `n` cluster nodes as one cluster, each keeping its state under
+    /// `data_root` if given (`--persistence disk`).
+    pub async fn start_in(
+        n: usize,
+        partitions: u32,
+        extra_args: &[&str],
+        data_root: Option<std::path::PathBuf>,
+    ) -> Self {
         let mut cluster = Self {
+            data_root,
             partitions,
             nodes: Vec::new(),
             client: reqwest::Client::builder()

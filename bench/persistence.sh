@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# The write path with persistence: a 3-node dcache cluster memory-only, with
+# `--persistence disk --fsync always`, and with `--fsync interval:10`, side by side with a
+# 3-member etcd (which fsyncs its WAL before it acknowledges). Every data directory is on
+# this machine's disk (under target/, not tmpfs). One load generator for all
+# (`dcache bench --target`): CONNECTIONS connections, sets only of 100-byte values over
+# 10,000 keys, DURATION per run, ROUNDS runs per system, medians. Then, for
+# `interval:10`, the loss window a machine crash would have: how long acknowledged
+# writes waited for their fdatasync (the nodes' dcache_wal_unsynced_window_seconds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+need_command etcd etcd-server
+need_command curl curl
+
+NODE=target/release/dcache-node
+DCACHE=target/release/dcache
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-50}
+KEYSPACE=10000
+OUT=bench/results/persistence.md
+work=$(mktemp -d "$PWD/target/bench-persistence.XXXXXX")
+pids=()
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Waits until URL answers 200, for at most 120 s (a cluster electing 65 groups a node).
+wait_ready() {
+  for _ in $(seq 1200); do
+    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "never ready: $1" >&2
+  return 1
+}
+
+# start_dcache NAME FSYNC: a 3-node cluster, memory-only if FSYNC is `none`; sets
+# dcache_nodes (comma-separated API addresses) and system_pids.
+start_dcache() {
+  local name=$1 fsync=$2 members="" i api raft
+  dcache_nodes="" system_pids=()
+  for i in 0 1 2; do
+    api=$(free_port) raft=$(free_port)
+    local persistence=()
+    if [ "$fsync" != none ]; then
+      persistence=(--persistence disk --data-dir "$work/$name-$i" --fsync "$fsync")
+    fi
+    RUST_LOG=error,dcache_node=info NO_COLOR=1 "$NODE" --listen "127.0.0.1:$api" \
+      --raft-listen "127.0.0.1:$raft" --node-id "$name-$i" "${persistence[@]}" \
+      >"$work/$name-$i.log" 2>&1 &
+    pids+=($!) system_pids+=($!)
+    members+="${members:+,}{\"name\":\"$name-$i\",\"api_addr\":\"127.0.0.1:$api\",\"raft_addr\":\"127.0.0.1:$raft\"}"
+    dcache_nodes+="${dcache_nodes:+,}127.0.0.1:$api"
+  done
+  for addr in ${dcache_nodes//,/ }; do wait_http "http://$addr/health"; done
+  curl -fsS -o /dev/null -X POST -H 'content-type: application/json' \
+    -d "{\"cluster_id\":\"$name\",\"members\":[$members]}" "http://${dcache_nodes%%,*}/cluster/init"
+  for addr in ${dcache_nodes//,/ }; do wait_ready "http://$addr/ready"; done
+}
+
+stop_system() {
+  kill "${system_pids[@]}" 2>/dev/null || true
+  wait "${system_pids[@]}" 2>/dev/null || true
+}
+
+bench() {  # bench TARGET NODES: prints the JSON report of one sets-only run on one line
+  "$DCACHE" --nodes "$2" bench --target "$1" -c "$CONNECTIONS" -d "$DURATION" \
+    --value-size 100 --keyspace "$KEYSPACE" --ratio 0:1 --json 2>/dev/null |
+    python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin)))'
+}
+
+results="$work/results.jsonl"
+windows="$work/windows.txt"
+run_system() {  # run_system NAME TARGET NODES
+  local name=$1 target=$2 nodes=$3
+  echo "preloading $name" >&2
+  "$DCACHE" --nodes "$nodes" bench --target "$target" -c "$CONNECTIONS" -n 1 \
+    --value-size 100 --keyspace "$KEYSPACE" --preload --json >/dev/null 2>&1
+  for round in $(seq "$ROUNDS"); do
+    echo "$name: run $round/$ROUNDS" >&2
+    echo "{\"system\":\"$name\",\"report\":$(bench "$target" "$nodes")}" >>"$results"
+  done
+}
+
+for fsync in none always interval:10; do
+  name=dcache-${fsync//:/-}
+  start_dcache "$name" "$fsync"
+  run_system "$name" dcache "$dcache_nodes"
+  if [ "$fsync" = interval:10 ]; then
+    for addr in ${dcache_nodes//,/ }; do
+      curl -fsS "http://$addr/metrics" | grep '^dcache_wal_unsynced_window_seconds' >>"$windows"
+    done
+  fi
+  stop_system
+done
+
+mkdir -p "$work/etcd"
+system_pids=()
+before=("${pids[@]}")
+start_etcd "$work/etcd"
+system_pids=("${pids[@]:${#before[@]}}")
+run_system etcd etcd "$etcd_nodes"
+stop_system
+
+python3 - "$results" "$windows" "$OUT" "$ROUNDS" "$DURATION" "$CONNECTIONS" <<'PY'
+import json, re, statistics, subprocess, sys
+results, windows, out, rounds, duration, conns = sys.argv[1:]
+runs = {}
+for line in open(results):
+    r = json.loads(line)
+    op = r["report"]["set"]
+    runs.setdefault(r["system"], []).append(
+        (op["ops_per_sec"], op["latency_ms"]["p50"], op["latency_ms"]["p99"], op["errors"]))
+names = {
+    "dcache-none": "dcache, 3 nodes, memory-only (default)",
+    "dcache-always": "dcache, 3 nodes, `--persistence disk --fsync always`",
+    "dcache-interval-10": "dcache, 3 nodes, `--persistence disk --fsync interval:10`",
+    "etcd": "etcd 3.4, 3 members, WAL on disk",
+}
+cpu = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+memory = statistics.median(v[0] for v in runs["dcache-none"])
+lines = [
+    f"`dcache bench --target … --ratio 0:1`, {conns} connections, sets of 100-byte values "
+    f"over 10,000 keys, {duration} per run, median of {rounds} runs per system; all servers "
+    f"and the load generator on one machine with {cpu} cores, every data directory on its disk",
+    "",
+    "| system | set ops/s | vs memory-only | set p50 | set p99 |",
+    "| --- | --- | --- | --- | --- |",
+]
+for system in names:
+    values = runs[system]
+    med = lambda i: statistics.median(v[i] for v in values)
+    errors = sum(v[3] for v in values)
+    ops = f"{med(0):,.0f}" + (f" ({errors} errors)" if errors else "")
+    lines.append(f"| {names[system]} | {ops} | {med(0) / memory:.2f} | "
+                 f"{med(1):.2f} ms | {med(2):.2f} ms |")
+
+# The loss window of interval:10, summed over the three nodes' histograms.
+buckets, total, count = {}, 0.0, 0.0
+for line in open(windows):
+    m = re.match(r'dcache_wal_unsynced_window_seconds_bucket\{le="([^"]+)"\} (\S+)', line)
+    if m:
+        buckets[m.group(1)] = buckets.get(m.group(1), 0.0) + float(m.group(2))
+    elif line.startswith("dcache_wal_unsynced_window_seconds_sum"):
+        total += float(line.split()[-1])
+    elif line.startswith("dcache_wal_unsynced_window_seconds_count"):
+        count += float(line.split()[-1])
+if count:
+    ordered = sorted(((float("inf") if le == "+Inf" else float(le)), n) for le, n in buckets.items())
+    def quantile(q):
+        return next(le for le, n in ordered if n >= q * count)
+    p99 = quantile(0.99)
+    worst = next(le for le, n in ordered if n >= count)
+    rate = statistics.median(v[0] for v in runs["dcache-interval-10"])
+    lines += [
+        "",
+        f"Loss window of `--fsync interval:10` (a machine crash; a killed process loses "
+        f"nothing, its writes are in the page cache): acknowledged writes waited "
+        f"{1000 * total / count:.1f} ms on average for their fdatasync, p99 ≤ "
+        f"{1000 * p99:.0f} ms, every one ≤ {1000 * worst:.0f} ms ({int(count):,} syncs "
+        f"on 3 nodes); at {rate:,.0f} sets/s that is about {rate * total / count:,.0f} "
+        f"acknowledged writes exposed at any moment, if every replica's machine failed at once.",
+    ]
+text = "\n".join(lines) + "\n"
+open(out, "w").write(text)
+print(text)
+PY
