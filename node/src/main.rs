@@ -18,6 +18,8 @@ fn init_logging(format: LogFormat) {
 async fn main() -> anyhow::Result<()> {
     let config = NodeConfig::parse();
     init_logging(config.log_format);
+    // Before anything says it serves, so that a SIGTERM from then on stops it cleanly.
+    let shutdown = shutdown_signal();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -45,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
         raft_listener,
         node,
         ServeOptions::from_config(&config),
-        shutdown_signal(),
+        shutdown,
     )
     .await
     .context("server failed")?;

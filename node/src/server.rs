@@ -336,27 +336,46 @@ async fn run_maintenance(node: Arc<Node>, every: Duration, stop: CancellationTok
     }
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Completes on SIGTERM or Ctrl-C. The handlers are installed when this is called,
+/// not when the future is first polled: a signal in between (a SIGTERM right after
+/// the "serving" log line) would otherwise kill the process without a clean stop.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
+    let handlers = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(handler) => Some(handler),
             Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
-                std::future::pending::<()>().await;
+                warn!(error = %e, "cannot listen for {name}");
+                None
+            }
+        };
+        (
+            install(SignalKind::interrupt(), "Ctrl-C"),
+            install(SignalKind::terminate(), "SIGTERM"),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let (mut interrupt, mut terminate) = handlers;
+            async fn received(handler: Option<&mut tokio::signal::unix::Signal>) {
+                match handler {
+                    Some(handler) => {
+                        handler.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                () = received(interrupt.as_mut()) => info!("received Ctrl-C"),
+                () = received(terminate.as_mut()) => info!("received SIGTERM"),
             }
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => info!("received Ctrl-C"),
-        () = terminate => info!("received SIGTERM"),
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            info!("received Ctrl-C");
+        }
     }
 }
