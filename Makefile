@@ -4,8 +4,12 @@
 CARGO ?= cargo
 RELEASE_DIR := target/release
 NODE_PORT ?= 7000
+# The image `make image` builds: what the chart's operator Deployment and a
+# DistributedCache's pods run by default (dcache/dcache at the workspace's version).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+IMAGE ?= dcache/dcache:$(VERSION)
 
-.PHONY: run node local demo test lint fmt build release crds manifests fuzz chaos bench bench-node bench-reads bench-peers bench-persistence bench-memory bench-eviction clean
+.PHONY: run node local demo test lint fmt build release crds manifests image image-name fuzz chaos bench bench-node bench-reads bench-peers bench-persistence bench-memory bench-eviction clean
 
 ## run: build, start a 3-node local cluster and play every demo scenario on it
 run: demo
@@ -47,8 +51,20 @@ crds:
 	cp crds/distributedcache.yaml charts/dcache-operator/crds/distributedcache.yaml
 
 ## manifests: render manifests/install.yaml from the Helm chart (kubectl apply path)
+## and copy the chart's Grafana dashboard to manifests/grafana/
 manifests:
 	bash tools/render-install.sh > manifests/install.yaml
+	mkdir -p manifests/grafana
+	cp charts/dcache-operator/dashboards/dcache.json manifests/grafana/dcache.json
+
+## image: the container image $(IMAGE) (dcache-node, dcache-operator, dcache); needs a
+## Docker engine
+image:
+	docker build -t $(IMAGE) .
+
+## image-name: print the image `make image` tags (the tests compare it with the chart)
+image-name:
+	@echo $(IMAGE)
 
 ## fuzz: every cargo-fuzz target for FUZZ_SECONDS each (installs cargo-fuzz if missing);
 ## executions per target go to target/fuzz-report.txt

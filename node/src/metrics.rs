@@ -28,6 +28,7 @@ pub struct Metrics {
     keys: IntGauge,
     bytes: IntGauge,
     resident_memory: IntGauge,
+    ready: IntGauge,
 }
 
 impl Metrics {
@@ -70,6 +71,12 @@ impl Metrics {
             "dcache_process_resident_memory_bytes",
             "Resident set size of the node process.",
         );
+        // Kubernetes' own readiness is not in the node's metrics, and alerting on it
+        // would need kube-state-metrics; this mirrors `/ready` instead.
+        let ready = gauge(
+            "dcache_node_ready",
+            "1 while /ready answers 200 (joined, every replica here caught up), else 0.",
+        );
         let info = IntGaugeVec::new(
             Opts::new(
                 "dcache_node_info",
@@ -94,6 +101,7 @@ impl Metrics {
             Box::new(bytes.clone()),
             Box::new(budget),
             Box::new(resident_memory.clone()),
+            Box::new(ready.clone()),
             Box::new(info),
         ];
         for collector in collectors {
@@ -114,10 +122,10 @@ impl Metrics {
             keys,
             bytes,
             resident_memory,
+            ready,
         }
     }
 
-    /// The Prometheus text exposition of every metric, gauges refreshed first.
     /// Exports what a cluster member knows of its groups and the balancer.
     pub fn watch_cluster(&self, cluster: Arc<Cluster>) {
         if let Some(disk) = &cluster.groups.disk {
@@ -132,7 +140,10 @@ impl Metrics {
             .expect("cluster metrics registered once");
     }
 
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition of every metric, gauges refreshed first;
+    /// `ready` is whether the node would answer `/ready` with 200 right now.
+    pub fn render(&self, ready: bool) -> String {
+        self.ready.set(i64::from(ready));
         let stats = self.store.stats();
         self.keys.set(stats.keys as i64);
         self.bytes.set(stats.bytes as i64);

@@ -71,7 +71,7 @@ pub struct DistributedCacheSpec {
     #[schemars(range(min = 1, max = 1000))]
     pub replicas: i32,
 
-    /// Container image of dcache-node.
+    /// Container image whose entrypoint is dcache-node.
     #[serde(default = "default_image")]
     #[schemars(length(min = 1))]
     pub image: String,
@@ -144,8 +144,9 @@ pub struct DistributedCacheSpec {
 fn default_replicas() -> i32 {
     3
 }
+/// The image `make image` builds (entrypoint dcache-node), at this operator's version.
 fn default_image() -> String {
-    "dcache/dcache-node:0.1.0".to_owned()
+    concat!("dcache/dcache:", env!("CARGO_PKG_VERSION")).to_owned()
 }
 fn default_max_memory() -> String {
     "512Mi".to_owned()

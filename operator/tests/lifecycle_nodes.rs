@@ -14,27 +14,11 @@ use dcache_operator::lifecycle::{
 };
 use serde_json::json;
 
+mod support;
+use support::node_binary;
+
 const CLUSTER_ID: &str = "lifecycle-test";
 const KEYS: usize = 300;
-
-/// `<target>/debug/dcache-node`, built if missing: the test executable lives in
-/// `<target>/debug/deps/`.
-fn node_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executables live in <target>/<profile>/deps");
-    let binary = profile_dir.join("dcache-node");
-    if !binary.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "dcache-node", "--locked"])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building dcache-node failed");
-    }
-    binary
-}
 
 struct NodeProcess {
     child: Child,

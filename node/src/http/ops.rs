@@ -63,7 +63,7 @@ pub async fn stats(State(node): State<Arc<Node>>) -> Json<Stats> {
 pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-        node.metrics.render(),
+        node.metrics.render(node.not_ready_reason().is_none()),
     )
 }
 

@@ -506,6 +506,7 @@ async fn operational_endpoints() {
         "dcache_cache_misses_total 1",
         "dcache_cache_keys 1",
         "dcache_cache_max_bytes 16777216",
+        "dcache_node_ready 1",
     ] {
         assert!(text.contains(series), "missing {series} in\n{text}");
     }
@@ -514,4 +515,6 @@ async fn operational_endpoints() {
     let ready = get(&node, "/ready").await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(ready.headers.contains_key(header::RETRY_AFTER));
+    let text = String::from_utf8(get(&node, "/metrics").await.body).unwrap();
+    assert!(text.contains("dcache_node_ready 0"), "{text}");
 }
