@@ -13,31 +13,6 @@ use std::time::Duration;
 use common::{PARTITIONS, TestCluster};
 use serde_json::{Value, json};
 
-/// The sum of every sample of metric `name` on `node`.
-async fn metric(cluster: &TestCluster, node: usize, name: &str) -> f64 {
-    let text = cluster
-        .client
-        .get(cluster.nodes[node].url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
-
 /// Each member's name and Raft id, as node `via` reports them.
 async fn member_ids(cluster: &TestCluster, via: usize) -> Vec<(String, u64)> {
     let status = cluster.cluster_status(via).await;
@@ -236,12 +211,16 @@ async fn a_node_restarted_with_its_disk_keeps_its_identity_and_catches_up_the_ta
     }
     // Caught up from the log alone: no snapshot was sent to it.
     assert_eq!(
-        metric(&cluster, 2, "dcache_raft_snapshot_received_bytes_total").await,
+        cluster
+            .metric(2, "dcache_raft_snapshot_received_bytes_total")
+            .await,
         0.0
     );
     for node in [0, 1] {
         assert_eq!(
-            metric(&cluster, node, "dcache_raft_snapshot_sent_bytes_total").await,
+            cluster
+                .metric(node, "dcache_raft_snapshot_sent_bytes_total")
+                .await,
             0.0
         );
     }
@@ -253,7 +232,7 @@ async fn a_node_restarted_with_its_disk_keeps_its_identity_and_catches_up_the_ta
         cluster.cluster_status(0).await["epoch"].as_u64(),
         Some(epoch_before)
     );
-    let wal_bytes = metric(&cluster, 2, "dcache_wal_written_bytes_total").await;
+    let wal_bytes = cluster.metric(2, "dcache_wal_written_bytes_total").await;
     assert!(wal_bytes > 0.0, "the restarted node writes its log on disk");
 }
 

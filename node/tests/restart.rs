@@ -13,31 +13,6 @@ use common::TestCluster;
 use dcache_protocol::partition_of;
 use serde_json::{Value, json};
 
-/// The sum of every sample of metric `name` on `node`.
-async fn metric(cluster: &TestCluster, node: usize, name: &str) -> f64 {
-    let text = cluster
-        .client
-        .get(cluster.nodes[node].url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
-
 /// Keeps writing `during-{i}` through `urls` until `stop`; every write must be
 /// acknowledged within 10 s (a partition that lost its leader elects another well
 /// within that). Returns how many were written.
@@ -190,7 +165,10 @@ async fn a_node_restarted_without_state_rejoins_under_a_new_incarnation() {
         );
     }
     assert!(
-        metric(&cluster, 1, "dcache_raft_snapshot_received_bytes_total").await > 1_000_000.0,
+        cluster
+            .metric(1, "dcache_raft_snapshot_received_bytes_total")
+            .await
+            > 1_000_000.0,
         "the restarted node caught up from snapshots"
     );
 
@@ -198,10 +176,10 @@ async fn a_node_restarted_without_state_rejoins_under_a_new_incarnation() {
     let mut led = 0.0;
     let mut balancers = 0.0;
     for node in 0..3 {
-        led += metric(&cluster, node, "dcache_raft_partitions_led").await;
-        balancers += metric(&cluster, node, "dcache_rebalance_active").await;
+        led += cluster.metric(node, "dcache_raft_partitions_led").await;
+        balancers += cluster.metric(node, "dcache_rebalance_active").await;
         assert_eq!(
-            metric(&cluster, node, "dcache_raft_partitions_held").await,
+            cluster.metric(node, "dcache_raft_partitions_held").await,
             4.0
         );
     }
@@ -210,8 +188,10 @@ async fn a_node_restarted_without_state_rejoins_under_a_new_incarnation() {
     let mut elections = 0.0;
     let mut changes = 0.0;
     for node in 0..3 {
-        elections += metric(&cluster, node, "dcache_raft_elections_total").await;
-        changes += metric(&cluster, node, "dcache_raft_membership_changes_total").await;
+        elections += cluster.metric(node, "dcache_raft_elections_total").await;
+        changes += cluster
+            .metric(node, "dcache_raft_membership_changes_total")
+            .await;
     }
     assert!(elections >= 1.0, "the restart caused elections");
     assert!(changes >= 4.0, "every partition re-admitted node-1");
@@ -268,7 +248,7 @@ async fn a_partition_that_lost_every_replica_is_reformed_empty_and_said_so() {
     assert!(lost[0]["reason"].as_str().unwrap().contains("replica"));
     for node in 0..3 {
         assert_eq!(
-            metric(&cluster, node, "dcache_cluster_partitions_lost").await,
+            cluster.metric(node, "dcache_cluster_partitions_lost").await,
             on_node_1.len() as f64
         );
     }

@@ -369,6 +369,34 @@ impl TestCluster {
 }
 
 impl TestCluster {
+    /// The sum of every sample of metric `name` on `node`.
+    pub async fn metric(&self, node: usize, name: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.nodes[node].url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    }
+}
+
+impl TestCluster {
     fn members(&self, indices: &[usize]) -> Vec<Value> {
         indices
             .iter()
