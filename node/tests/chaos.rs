@@ -34,13 +34,17 @@ const KEYS_PER_WRITER: usize = 25;
 
 /// What the clients know about one key. Each key has one writer, whose values count up,
 /// so "older" is "smaller".
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct KeyHistory {
     /// The highest value a write acknowledged.
     acknowledged: Option<u64>,
     /// The highest value ever sent (acknowledged or not: an unanswered write may still
     /// have been applied).
     attempted: Option<u64>,
+    /// Values whose write got no answer (a timeout, a killed node): such a write may
+    /// take effect at any later moment, even after a newer acknowledged one, so reading
+    /// it back is no violation.
+    unanswered: Vec<u64>,
 }
 
 #[derive(Default)]
@@ -58,7 +62,7 @@ impl History {
             .lock()
             .unwrap()
             .get(key)
-            .copied()
+            .cloned()
             .unwrap_or_default()
     }
 
@@ -74,8 +78,10 @@ impl History {
     /// Checks a value read for `key` against what was acknowledged before the read
     /// began (`floor`) and what had been attempted by the time it answered.
     fn check_read(&self, key: &str, floor: Option<u64>, read: Option<u64>, via: &str) {
-        let attempted = self.get(key).attempted;
+        let known = self.get(key);
+        let attempted = known.attempted;
         match (floor, read) {
+            (_, Some(value)) if known.unanswered.contains(&value) => {}
             (Some(floor), None) => self.violation(format!(
                 "{key}: read via {via} found nothing, but {floor} was acknowledged before the read"
             )),
@@ -135,6 +141,7 @@ async fn writer(
             history.update(&key, |h| h.acknowledged = h.acknowledged.max(Some(value)));
             history.acknowledged.fetch_add(1, Ordering::Relaxed);
         } else {
+            history.update(&key, |h| h.unanswered.push(value));
             history.unacknowledged.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -314,7 +321,7 @@ async fn no_acknowledged_write_is_lost_or_read_stale_under_kills_and_cut_links()
         .lock()
         .unwrap()
         .iter()
-        .map(|(k, h)| (k.clone(), *h))
+        .map(|(k, h)| (k.clone(), h.clone()))
         .collect();
     let final_client = reqwest::Client::new();
     for (key, known) in &keys {
