@@ -98,14 +98,7 @@ async fn serves_the_api_over_a_socket() {
     );
 
     // /metrics is valid Prometheus text with the dcache_ series.
-    let text = client
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(&client, &node.url("/metrics")).await;
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
         .expect("valid Prometheus text");
     let names: std::collections::BTreeSet<_> =

@@ -66,14 +66,7 @@ async fn error_of(response: reqwest::Response) -> String {
 
 /// `dcache_http_rejected_total{reason}` as the node at `base` exports it.
 async fn rejected(client: &reqwest::Client, base: &str, reason: &str) -> u64 {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(client, &format!("{base}/metrics")).await;
     let wanted = format!("dcache_http_rejected_total{{reason=\"{reason}\"}} ");
     text.lines()
         .find_map(|line| line.strip_prefix(&wanted))

@@ -7,6 +7,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// The Prometheus text served at `metrics_url`.
+pub async fn metrics_text(client: &reqwest::Client, metrics_url: &str) -> String {
+    client
+        .get(metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub struct NodeProcess {
     pub child: Child,
     pub name: String,
@@ -371,15 +383,7 @@ impl TestCluster {
 impl TestCluster {
     /// The sum of every sample of metric `name` on `node`.
     pub async fn metric(&self, node: usize, name: &str) -> f64 {
-        let text = self
-            .client
-            .get(self.nodes[node].url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics_text(&self.client, &self.nodes[node].url("/metrics")).await;
         let scrape =
             prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
         scrape
