@@ -16,13 +16,14 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-# Waits until URL answers 200, for at most 30 s.
+# Waits until URL answers 200, for at most SECONDS (default 30).
 wait_http() {
-  for _ in $(seq 300); do
-    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+  local url=$1 seconds=${2:-30}
+  for _ in $(seq $((seconds * 10))); do
+    if curl -fsS -o /dev/null "$url" 2>/dev/null; then return 0; fi
     sleep 0.1
   done
-  echo "no answer from $1" >&2
+  echo "no answer from $url" >&2
   return 1
 }
 

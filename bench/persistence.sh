@@ -29,16 +29,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Waits until URL answers 200, for at most 120 s (a cluster electing 65 groups a node).
-wait_ready() {
-  for _ in $(seq 1200); do
-    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "never ready: $1" >&2
-  return 1
-}
-
 # start_dcache NAME FSYNC: a 3-node cluster, memory-only if FSYNC is `none`; sets
 # dcache_nodes (comma-separated API addresses) and system_pids.
 start_dcache() {
@@ -60,7 +50,7 @@ start_dcache() {
   for addr in ${dcache_nodes//,/ }; do wait_http "http://$addr/health"; done
   curl -fsS -o /dev/null -X POST -H 'content-type: application/json' \
     -d "{\"cluster_id\":\"$name\",\"members\":[$members]}" "http://${dcache_nodes%%,*}/cluster/init"
-  for addr in ${dcache_nodes//,/ }; do wait_ready "http://$addr/ready"; done
+  for addr in ${dcache_nodes//,/ }; do wait_http "http://$addr/ready" 120; done  # 65 groups a node to elect
 }
 
 stop_system() {
