@@ -9,7 +9,7 @@ NODE_PORT ?= 7000
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 IMAGE ?= dcache/dcache:$(VERSION)
 
-.PHONY: run node local demo test lint fmt build release crds manifests image image-name fuzz chaos bench bench-node bench-reads bench-peers bench-persistence bench-memory bench-eviction clean
+.PHONY: run node local demo test lint fmt build release crds manifests image image-name fuzz chaos rolling bench bench-node bench-reads bench-peers bench-persistence bench-memory bench-eviction clean
 
 ## run: build, start a 3-node local cluster and play every demo scenario on it
 run: demo
@@ -72,11 +72,20 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	bash tools/fuzz.sh $(FUZZ_SECONDS)
 
-## chaos: the chaos test (kills, isolation, cut links under load) for CHAOS_SECONDS
-## instead of the bounded run make test does
+## chaos: the chaos test (kills, isolation, cut links, rolling restarts under load) for
+## CHAOS_SECONDS instead of the bounded run make test does, on release-built nodes;
+## CHAOS_SEED replays a schedule; every node must be ready within 30 s of a fault's end
 CHAOS_SECONDS ?= 600
+CHAOS_SEED ?=
 chaos:
-	DCACHE_CHAOS_SECONDS=$(CHAOS_SECONDS) $(CARGO) test --locked -p dcache-node --test chaos -- --nocapture
+	DCACHE_CHAOS_SECONDS=$(CHAOS_SECONDS) DCACHE_CHAOS_HEAL_SECONDS=30 $(if $(CHAOS_SEED),DCACHE_CHAOS_SEED=$(CHAOS_SEED)) $(CARGO) test --release --locked -p dcache-node --test chaos -- --nocapture no_acknowledged_write_is_lost
+
+## rolling: ROLLING_ROUNDS rolling restarts of a 3-node memory-only cluster (every node
+## killed and started empty in turn, the next as soon as the last is ready) under 8
+## writers and 4 readers, on release-built nodes; prints each node's time to ready
+ROLLING_ROUNDS ?= 10
+rolling:
+	DCACHE_ROLLING_ROUNDS=$(ROLLING_ROUNDS) DCACHE_CHAOS_HEAL_SECONDS=30 $(CARGO) test --release --locked -p dcache-node --test chaos -- --nocapture rolling_restarts_lose_nothing
 
 ## bench: every benchmark program; figures go to bench/results/
 bench: bench-eviction bench-memory bench-node bench-reads bench-peers bench-persistence

@@ -15,7 +15,7 @@ pub use dcache_protocol::cluster::{LeavingMember, RebalanceProgress};
 use crate::cluster::{Cluster, MAX_CLUSTER_VOTERS};
 use crate::lost::LEADERLESS_BEFORE_CHECK;
 use crate::placement::Placement;
-use crate::raft::membership::{ReconcileOutcome, ReconcileRequest};
+use crate::raft::membership::{ReconcileOutcome, ReconcileRequest, VoterReport};
 use crate::raft::transport::op;
 use crate::raft::{
     CLUSTER_GROUP, ClusterCommand, ClusterState, GroupId, MemberNode, NodeId, partition_group,
@@ -80,6 +80,7 @@ impl Cluster {
     /// where a group differs from the placement.
     pub async fn balance_once(&self) {
         self.groups.drop_abandoned().await;
+        self.refresh_voter_report().await;
         let Some(state) = self.state() else { return };
         if !self.leads_cluster_group() {
             let mut balancer = self.balancer();
@@ -168,6 +169,24 @@ impl Cluster {
             } else {
                 Vec::new()
             };
+            let live: BTreeSet<NodeId> = state.members_and_leaving().map(|m| m.raft_id).collect();
+            let former_voters = desired
+                .keys()
+                .filter_map(|group| {
+                    let former: BTreeSet<NodeId> = balancer
+                        .voters
+                        .get(group)?
+                        .difference(&live)
+                        .copied()
+                        .collect();
+                    (!former.is_empty()).then_some((*group, former))
+                })
+                .collect();
+            self.groups.publish_voter_report(VoterReport {
+                epoch: state.epoch,
+                unknown_groups: unknown,
+                former_voters,
+            });
             balancer.progress = RebalanceProgress {
                 active: true,
                 epoch: state.epoch,

@@ -15,11 +15,12 @@ pub use dcache_protocol::cluster::{ClusterStatus, InitRequest, MembersRequest, P
 use crate::balancer::BalancerState;
 use crate::raft::cluster_state::Member;
 use crate::raft::groups::{Groups, WriteRefused};
+use crate::raft::membership::VoterReport;
 use crate::raft::rpc::{Identity, WriteOutcome};
 use crate::raft::transport::op;
 use crate::raft::{
     CLUSTER_GROUP, ClusterCommand, ClusterState, Command, CommandResult, GroupId, MemberNode,
-    NodeId, TypeConfig, partition_group,
+    NodeId, partition_group,
 };
 
 /// Voters of the cluster group at most; further members follow it as learners.
@@ -67,8 +68,10 @@ pub struct Cluster {
     pub ring: RingSettings,
     pub(crate) balancer: std::sync::Mutex<BalancerState>,
     /// Set once this incarnation held, as a voter, every replica the placement gives
-    /// it; see [`Cluster::not_ready_reason`].
-    filled: std::sync::atomic::AtomicBool,
+    /// it; see [`crate::readiness`].
+    pub(crate) filled: std::sync::atomic::AtomicBool,
+    /// The cluster leader's last [`VoterReport`], fetched while not yet filled.
+    pub(crate) voter_report: std::sync::Mutex<Option<VoterReport>>,
 }
 
 impl Cluster {
@@ -78,6 +81,7 @@ impl Cluster {
             ring,
             balancer: Default::default(),
             filled: Default::default(),
+            voter_report: Default::default(),
         }
     }
 
@@ -490,85 +494,6 @@ impl Cluster {
             }
         }
         (led, held)
-    }
-
-    /// Why this node is not ready, if it is not: ready means joined, and every replica
-    /// held here knows its leader and has applied what the cluster has committed
-    /// (within [`READY_LAG`] entries).
-    ///
-    /// A member that starts empty (new, or restarted without its state) is also not
-    /// ready until it votes in every partition the placement gives it. Otherwise a
-    /// rolling restart would stop the next node while the partitions of the last one
-    /// still count its former incarnation among their voters: two of three replicas
-    /// down at once. Once filled, it stays so: replicas it takes on later (another
-    /// member drained) are caught up while it keeps serving.
-    pub fn not_ready_reason(&self) -> Option<String> {
-        let Some(state) = self.state() else {
-            return Some("not yet a member of an initialised cluster".into());
-        };
-        let initialized = self.groups.initialized();
-        if !self.filled.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Some(reason) = self.unfilled_reason(&state, &initialized) {
-                return Some(reason);
-            }
-            self.filled
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        let index = |log_id: Option<openraft::type_config::alias::LogIdOf<TypeConfig>>| {
-            log_id.map_or(0, |id| id.index)
-        };
-        initialized.iter().find_map(|(group, raft)| {
-            let metrics = raft.metrics().borrow_watched().clone();
-            let name = group_name(*group);
-            let applied = index(metrics.last_applied);
-            let committed = index(metrics.cluster_committed);
-            if metrics.current_leader.is_none() {
-                Some(format!("{name} has no leader"))
-            } else if applied + READY_LAG < committed {
-                Some(format!(
-                    "{name} is catching up: applied {applied} of {committed} committed entries"
-                ))
-            } else {
-                None
-            }
-        })
-    }
-
-    /// The first partition the placement gives this member that it does not yet vote
-    /// in, if any (none for a node outside the ring).
-    fn unfilled_reason(
-        &self,
-        state: &ClusterState,
-        initialized: &BTreeMap<GroupId, crate::raft::GroupRaft>,
-    ) -> Option<String> {
-        let me = &self.groups.me.name;
-        if !state.members.contains_key(me) {
-            return None;
-        }
-        let placement = state.placement();
-        placement
-            .replicas
-            .iter()
-            .enumerate()
-            .filter(|(_, replicas)| replicas.contains(me))
-            .find_map(|(partition, _)| {
-                let partition = partition as PartitionId;
-                let votes = initialized
-                    .get(&partition_group(partition))
-                    .is_some_and(|raft| {
-                        raft.metrics()
-                            .borrow_watched()
-                            .membership_config
-                            .membership()
-                            .voter_ids()
-                            .any(|id| id == self.groups.id)
-                    });
-                (!votes).then(|| {
-                    format!(
-                        "partition {partition} is not yet replicated here (this node started empty)"
-                    )
-                })
-            })
     }
 }
 

@@ -29,6 +29,7 @@ pub struct ClusterCollector {
     members: IntGauge,
     epoch: IntGauge,
     partitions_lost: IntGauge,
+    partitions_missing: IntGauge,
 }
 
 /// The `group` label: a partition number, or `cluster` for the metadata group.
@@ -102,10 +103,15 @@ impl ClusterCollector {
                 "dcache_cluster_partitions_lost",
                 "Partitions re-formed empty because every replica was lost.",
             ),
+            partitions_missing: gauge(
+                "dcache_node_partitions_missing",
+                "Partitions the placement gives this node that do not yet count its \
+                 current incarnation as a voter (a restarted node is not ready before 0).",
+            ),
         }
     }
 
-    fn gauges(&self) -> [&IntGauge; 10] {
+    fn gauges(&self) -> [&IntGauge; 11] {
         [
             &self.led,
             &self.held,
@@ -117,6 +123,7 @@ impl ClusterCollector {
             &self.members,
             &self.epoch,
             &self.partitions_lost,
+            &self.partitions_missing,
         ]
     }
 
@@ -185,6 +192,8 @@ impl ClusterCollector {
         self.epoch.set(state.as_ref().map_or(0, |s| s.epoch as i64));
         self.partitions_lost
             .set(state.as_ref().map_or(0, |s| s.lost.len() as i64));
+        self.partitions_missing
+            .set(self.cluster.partitions_missing_here() as i64);
     }
 }
 

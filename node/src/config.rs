@@ -126,6 +126,12 @@ pub struct NodeConfig {
     #[arg(long, env = "DCACHE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// On SIGTERM, how long a cluster node holds its stop, before the shutdown timeout
+    /// starts, while some partition would lose its majority by its going (another
+    /// replica down, restarting or catching up). 0 stops at once.
+    #[arg(long, env = "DCACHE_SAFE_STOP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub safe_stop_timeout: Duration,
+
     /// Threads serving HTTP, each with its own event loop; 0 means one per core.
     #[arg(long, env = "DCACHE_HTTP_WORKERS", default_value_t = 0)]
     pub http_workers: usize,

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod persist;
 pub mod placement;
 pub mod raft;
+pub mod readiness;
 pub mod reloading;
 pub mod server;
 pub mod store;

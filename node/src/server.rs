@@ -251,6 +251,8 @@ pub struct ServeOptions {
     pub http_workers: usize,
     /// How long in-flight requests may take to finish after shutdown begins.
     pub grace: Duration,
+    /// How long a stop is held while a partition needs this node for its majority.
+    pub safe_stop: Duration,
 }
 
 impl ServeOptions {
@@ -260,6 +262,7 @@ impl ServeOptions {
             balance_interval: config.balance_interval,
             http_workers: config.http_workers,
             grace: config.shutdown_timeout,
+            safe_stop: config.safe_stop_timeout,
         }
     }
 }
@@ -343,6 +346,11 @@ pub async fn serve_with(
     shutdown.await;
     info!("shutting down: refusing new connections, finishing in-flight requests");
     node.set_ready(false);
+    if let Some(cluster) = &node.cluster
+        && let Some(reason) = cluster.wait_until_safe_to_stop(options.safe_stop).await
+    {
+        warn!(%reason, waited = ?options.safe_stop, "stopping although a partition still needs this node for its majority");
+    }
     if let Some(cluster) = &node.cluster {
         // Leaderships first, while requests still flow, so that no partition waits an
         // election timeout for a new leader.

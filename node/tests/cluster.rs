@@ -270,3 +270,48 @@ async fn a_stopping_node_hands_its_leaderships_over_first() {
         );
     }
 }
+
+/// A pod deleted right after another one restarted empty (a `kubectl delete pod` that
+/// no disruption budget sees): on SIGTERM the node holds its stop until the partitions
+/// that need it for their majority have re-formed around the restarted member, so no
+/// partition is lost and every key reads back. Without the hold, both of a partition's
+/// other voters would be gone at once: its former incarnation of node-0 and node-1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_holds_its_stop_while_a_partition_needs_it() {
+    let mut cluster = TestCluster::start(3).await;
+    cluster.write_keys(&[0, 1, 2], 100).await;
+
+    cluster.restart_node(0);
+    let stopping = cluster.nodes[1].child.id();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &stopping.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.nodes[1].child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "node-1 never stopped after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("node-logs")
+        .join(format!("{stopping}.log"));
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(
+        log.contains("holding the stop"),
+        "node-1 stopped without waiting for the restarted node-0 to take its place"
+    );
+    assert!(
+        !log.contains("stopping although a partition still needs this node"),
+        "node-1 gave up holding its stop"
+    );
+
+    cluster.start_again(1);
+    cluster.wait_ready(Duration::from_secs(120)).await;
+    let status = cluster.cluster_status(2).await;
+    assert_eq!(status["lost_partitions"], json!([]), "{status}");
+    cluster.check_keys(&[0, 1, 2], 100).await;
+}

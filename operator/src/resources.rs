@@ -36,9 +36,15 @@ pub const SHUTDOWN_TIMEOUT_SECONDS: i64 = 20;
 /// The preStop pause: endpoints controllers and load balancers stop sending before the
 /// node stops accepting.
 pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
-/// The whole grace period: the preStop pause, the node's own shutdown timeout and room
-/// for Raft to hand leadership over when the node stops.
-pub const TERMINATION_GRACE_SECONDS: i64 = PRE_STOP_SLEEP_SECONDS + SHUTDOWN_TIMEOUT_SECONDS + 35;
+/// How long a node, on SIGTERM, holds its stop while some partition would lose its
+/// majority by its going (another pod restarting or catching up): a `kubectl delete
+/// pod` or a drain right after another pod's restart waits for the partitions to
+/// re-form instead of taking a majority away.
+pub const SAFE_STOP_SECONDS: i64 = 60;
+/// The whole grace period: the preStop pause, the safe-stop hold, the node's own
+/// shutdown timeout and room for Raft to hand leadership over when the node stops.
+pub const TERMINATION_GRACE_SECONDS: i64 =
+    PRE_STOP_SLEEP_SECONDS + SAFE_STOP_SECONDS + SHUTDOWN_TIMEOUT_SECONDS + 35;
 
 pub const FIELD_MANAGER: &str = "dcache-operator";
 
@@ -259,6 +265,7 @@ pub fn node_environment(dc: &DistributedCache, max_memory_bytes: u64) -> Vec<Env
             "DCACHE_SHUTDOWN_TIMEOUT",
             format!("{SHUTDOWN_TIMEOUT_SECONDS}s"),
         ),
+        env("DCACHE_SAFE_STOP_TIMEOUT", format!("{SAFE_STOP_SECONDS}s")),
     ];
     if let Some(ttl) = spec.default_ttl_seconds {
         vars.push(env("DCACHE_DEFAULT_TTL", ttl.to_string()));
@@ -710,7 +717,7 @@ mod tests {
         assert_eq!(pod.topology_spread_constraints.as_ref().unwrap().len(), 2);
         assert!(
             pod.termination_grace_period_seconds.unwrap()
-                > SHUTDOWN_TIMEOUT_SECONDS + PRE_STOP_SLEEP_SECONDS
+                > SHUTDOWN_TIMEOUT_SECONDS + PRE_STOP_SLEEP_SECONDS + SAFE_STOP_SECONDS
         );
         let probe_path = |probe: &Option<Probe>| {
             probe

@@ -29,9 +29,15 @@ impl NodeProcess {
     /// Starts `node-{ordinal}` on free loopback ports and reads its bound addresses
     /// from its "dcache-node serving" log line.
     fn start(binary: &PathBuf, ordinal: usize) -> Self {
+        Self::start_at(binary, ordinal, "127.0.0.1:0", "127.0.0.1:0")
+    }
+
+    /// Starts `node-{ordinal}` listening on `api` and `raft`: a pod recreated under
+    /// its stable name and address.
+    fn start_at(binary: &PathBuf, ordinal: usize, api: &str, raft: &str) -> Self {
         let name = format!("node-{ordinal}");
         let mut child = Command::new(binary)
-            .args(["--listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0"])
+            .args(["--listen", api, "--raft-listen", raft])
             .args([
                 "--node-id",
                 &name,
@@ -106,6 +112,23 @@ struct LocalStatefulSet {
 }
 
 impl LocalStatefulSet {
+    /// What a StatefulSet's rolling update does to one pod: SIGTERM (the node may hold
+    /// its stop while a partition needs it), then the pod is created again under the
+    /// same name and address, empty.
+    fn recreate(&mut self, ordinal: usize) {
+        let old = &mut self.pods[ordinal];
+        let stopped = Command::new("kill")
+            .args(["-TERM", &old.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(stopped.success());
+        let exited = old.child.wait().expect("the node exits after SIGTERM");
+        assert!(exited.success(), "node-{ordinal} exited with {exited}");
+        let member = old.member.clone();
+        self.pods[ordinal] =
+            NodeProcess::start_at(&self.binary, ordinal, &member.api_addr, &member.raft_addr);
+    }
+
     fn scale(&mut self, replicas: usize) {
         while self.pods.len() < replicas {
             let pod = NodeProcess::start(&self.binary, self.pods.len());
@@ -256,25 +279,35 @@ async fn write_keys(client: &reqwest::Client, nodes: &[MemberNode]) {
 }
 
 async fn check_keys(client: &reqwest::Client, nodes: &[MemberNode]) {
-    for i in 0..KEYS {
+    check_numbered_keys(client, nodes, "key", KEYS).await;
+}
+
+/// Reads `{prefix}-0` .. `{prefix}-{count - 1}` back, each holding its number.
+async fn check_numbered_keys(
+    client: &reqwest::Client,
+    nodes: &[MemberNode],
+    prefix: &str,
+    count: usize,
+) {
+    for i in 0..count {
         let node = &nodes[i % nodes.len()];
-        let url = format!("http://{}/cache/key-{i}", node.api_addr);
+        let url = format!("http://{}/cache/{prefix}-{i}", node.api_addr);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match client.get(&url).send().await {
                 Ok(response) if response.status() == 200 => {
                     let body: serde_json::Value = response.json().await.expect("JSON answer");
-                    assert_eq!(body["value"], json!(i), "key-{i} via {}", node.name);
+                    assert_eq!(body["value"], json!(i), "{prefix}-{i} via {}", node.name);
                     break;
                 }
                 Ok(response) if response.status() == 404 => {
-                    panic!("key-{i} lost (404 via {})", node.name)
+                    panic!("{prefix}-{i} lost (404 via {})", node.name)
                 }
                 // 503 while a partition elects or hands over; connection errors
                 // while a node is busy: both are retried.
                 other => assert!(
                     Instant::now() < deadline,
-                    "key-{i} unreadable via {}: {other:?}",
+                    "{prefix}-{i} unreadable via {}: {other:?}",
                     node.name
                 ),
             }
@@ -363,4 +396,78 @@ async fn a_spec_change_in_the_middle_of_a_scale_up_settles_without_losing_a_key(
     assert_eq!(pods.pods.len(), 4);
     let members: Vec<MemberNode> = pods.pods.iter().map(|p| p.member.clone()).collect();
     check_keys(&client, &members).await;
+}
+
+/// Waits until `node` answers `/ready` with 200, as the StatefulSet controller waits
+/// for a recreated pod's readiness probe before it rolls the next one.
+async fn wait_ready(client: &reqwest::Client, node: &MemberNode, within: Duration) -> Duration {
+    let started = Instant::now();
+    let url = format!("http://{}/ready", node.api_addr);
+    loop {
+        let last = match client.get(&url).send().await {
+            Ok(response) if response.status() == 200 => return started.elapsed(),
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            started.elapsed() < within,
+            "{} never became ready; it last said: {last}",
+            node.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A spec change (a new image, say) rolls every pod of a memory-only cluster: the
+/// StatefulSet recreates them from the highest ordinal down, each once the one before
+/// is ready, while clients keep writing. Every key written before and during the roll
+/// reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_of_every_pod_loses_no_key() {
+    let mut pods = LocalStatefulSet {
+        binary: node_binary(),
+        pods: Vec::new(),
+    };
+    let admin = HttpNodeAdmin::new();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let mut cluster_id = None;
+    let within = Duration::from_secs(180);
+    converge(&mut pods, &admin, &mut cluster_id, 3, within).await;
+    let members: Vec<MemberNode> = pods.pods.iter().map(|p| p.member.clone()).collect();
+    write_keys(&client, &members).await;
+
+    // Writes during the roll, each retried until acknowledged through any node.
+    let writing = tokio::spawn({
+        let client = client.clone();
+        let members = members.clone();
+        async move {
+            for i in 0..200 {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                for attempt in 0.. {
+                    let node = &members[(i + attempt) % members.len()];
+                    let url = format!("http://{}/cache/rolling-{i}", node.api_addr);
+                    let answer = client.put(&url).json(&json!({"value": i})).send().await;
+                    if answer.is_ok_and(|r| r.status() == 200) {
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "rolling-{i} never acknowledged");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    for ordinal in (0..pods.pods.len()).rev() {
+        pods.recreate(ordinal);
+        let took = wait_ready(&client, &pods.pods[ordinal].member, within).await;
+        eprintln!("node-{ordinal} ready again {took:?} after it was recreated");
+    }
+    writing.await.expect("every write of the roll acknowledged");
+
+    converge(&mut pods, &admin, &mut cluster_id, 3, within).await;
+    check_keys(&client, &members).await;
+    check_numbered_keys(&client, &members, "rolling", 200).await;
 }

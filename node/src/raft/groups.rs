@@ -11,7 +11,7 @@ use openraft_multi::GroupNetworkFactory;
 use tracing::info;
 
 use super::log_store::LogStore;
-use super::membership::can_take_over;
+use super::membership::{VoterReport, can_take_over};
 use super::state_machine::{GroupStateMachine, Target};
 use super::transport::Transport;
 use super::{
@@ -52,6 +52,9 @@ pub struct Groups {
     stepping_down: AtomicBool,
     /// With persistence: where logs and snapshots are kept.
     pub disk: Option<Arc<Disk>>,
+    /// What this node's balancer learned of every group's voters in its last round as
+    /// the cluster group's leader.
+    voter_report: RwLock<Option<VoterReport>>,
 }
 
 impl Groups {
@@ -76,6 +79,7 @@ impl Groups {
             creating: tokio::sync::Mutex::new(()),
             stepping_down: AtomicBool::new(false),
             disk: None,
+            voter_report: RwLock::default(),
         }
     }
 
@@ -306,6 +310,26 @@ impl Groups {
                     .is_some()
             })
             .collect()
+    }
+
+    /// Keeps the report of this node's last balancer round as the cluster leader.
+    pub fn publish_voter_report(&self, report: VoterReport) {
+        *self.voter_report.write().unwrap_or_else(|p| p.into_inner()) = Some(report);
+    }
+
+    /// The report of this node's last balancer round, if it leads the cluster group
+    /// now (a former leader's report may be out of date).
+    pub fn voter_report(&self) -> Option<VoterReport> {
+        let leads = self
+            .get(super::CLUSTER_GROUP)
+            .is_some_and(|raft| raft.metrics().borrow_watched().current_leader == Some(self.id));
+        if !leads {
+            return None;
+        }
+        self.voter_report
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether this node is stopping and must not be handed any leadership.

@@ -60,6 +60,19 @@ pub struct CopyStatus {
     pub voter_sets: Vec<BTreeSet<NodeId>>,
 }
 
+/// What the cluster group's leader learned of every group's voters in its last
+/// balancer round.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoterReport {
+    /// The cluster-state epoch the round worked at.
+    pub epoch: u64,
+    /// Groups whose leader the round could not reach: their voters are unknown.
+    pub unknown_groups: u64,
+    /// Groups whose voters include an identity that is no current member's (a former
+    /// incarnation of a restarted member), with those identities.
+    pub former_voters: BTreeMap<GroupId, BTreeSet<NodeId>>,
+}
+
 /// This node's copy of `group`, if it holds one.
 pub fn copy_status(groups: &Groups, group: GroupId) -> Option<CopyStatus> {
     let raft = groups.get(group)?;
@@ -271,6 +284,49 @@ pub fn can_take_over(metrics: &RaftMetrics<TypeConfig>, id: NodeId) -> bool {
         .and_then(|acks| acks.get(&id).cloned().flatten())
         .is_some_and(|acked| acked.elapsed() < RESPONSIVE_WITHIN);
     matched + CAUGHT_UP_LAG >= last && responsive
+}
+
+/// What a group's leader says when a voter asks whether it may stop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaveAnswer {
+    /// Not the leader; ask the one named, if any.
+    NotLeader(Option<MemberNode>),
+    /// Every configuration keeps a majority of caught-up, responsive voters without it.
+    Safe,
+    /// Why the group would lose its majority if that voter stopped now.
+    Unsafe(String),
+}
+
+/// Whether `group` keeps a quorum if voter `leaving` stops now, asked of this node as
+/// its leader: in every configuration (two during a change), the other voters that have
+/// caught up and answered a heartbeat recently, with the leader itself, must be a
+/// majority.
+pub fn may_leave(groups: &Groups, group: GroupId, leaving: NodeId) -> LeaveAnswer {
+    let Some(raft) = groups.get(group) else {
+        return LeaveAnswer::NotLeader(None);
+    };
+    let metrics = raft.metrics().borrow_watched().clone();
+    let membership = metrics.membership_config.membership();
+    if metrics.current_leader != Some(groups.id) {
+        let leader = metrics
+            .current_leader
+            .and_then(|id| membership.get_node(&id).cloned());
+        return LeaveAnswer::NotLeader(leader);
+    }
+    for voters in membership.get_joint_config() {
+        let staying = voters
+            .iter()
+            .filter(|id| **id != leaving)
+            .filter(|id| **id == groups.id || can_take_over(&metrics, **id))
+            .count();
+        if staying * 2 <= voters.len() {
+            return LeaveAnswer::Unsafe(format!(
+                "only {staying} of its {} voters would remain caught up and in reach",
+                voters.len()
+            ));
+        }
+    }
+    LeaveAnswer::Safe
 }
 
 /// Tells members removed from a group to drop their copy; best effort: a member that

@@ -170,6 +170,13 @@ async fn dispatch(
                 membership::copy_status(&groups, group),
             )));
         }
+        op::VOTER_REPORT => return answer(Ok::<_, String>(groups.voter_report())),
+        op::MAY_LEAVE => {
+            return answer(
+                decode::<NodeId>(&body)
+                    .map(|leaving| membership::may_leave(&groups, group, leaving)),
+            );
+        }
         op::DROP => {
             return answer(match decode::<DropRequest>(&body) {
                 Ok(request) => groups.drop_group(group, request.removed_at).await,

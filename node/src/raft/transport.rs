@@ -41,6 +41,8 @@ pub mod op {
     pub const RECONCILE: &str = "reconcile";
     pub const DROP: &str = "drop";
     pub const COPY_STATUS: &str = "copy-status";
+    pub const VOTER_REPORT: &str = "voter-report";
+    pub const MAY_LEAVE: &str = "may-leave";
 }
 
 /// Names the Raft identity a message is meant for.

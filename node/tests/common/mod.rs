@@ -246,21 +246,37 @@ impl TestCluster {
         cluster
     }
 
+    /// Waits until every node answers `/ready` with 200; on a time-out the panic names
+    /// the node and what its last `/ready` said it was waiting for.
     pub async fn wait_ready(&self, within: Duration) {
         let deadline = Instant::now() + within;
-        for node in &self.nodes {
-            loop {
-                let ready = self.client.get(node.url("/ready")).send().await;
-                if ready.is_ok_and(|r| r.status() == 200) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{} never became ready",
-                    node.name
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        for node in 0..self.nodes.len() {
+            self.wait_node_ready(node, deadline).await;
+        }
+    }
+
+    /// Waits until node `index` answers `/ready` with 200, at most until `deadline`.
+    pub async fn wait_node_ready(&self, index: usize, deadline: Instant) {
+        let node = &self.nodes[index];
+        loop {
+            let last = match self.client.get(node.url("/ready")).send().await {
+                Ok(answer) if answer.status() == 200 => return,
+                Ok(answer) => format!(
+                    "{}: {}",
+                    answer.status(),
+                    answer.text().await.unwrap_or_default()
+                ),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "{} never became ready; its last /ready answer: {last}",
+                node.name
+            );
+            // Asked often, as a kubelet probing every few milliseconds would: a test
+            // that takes the next node down as soon as this one is ready must see the
+            // first moment readiness is claimed.
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
