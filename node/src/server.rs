@@ -95,6 +95,9 @@ pub fn build_node(
         election_timeout_max: election * 2,
         // A node coming back from a partition must not depose a healthy leader.
         enable_pre_vote: Some(true),
+        // One ticker sends the heartbeats of every group led here at once (see
+        // `Groups::run_heartbeats`), so each peer gets them in one batch per tick.
+        enable_heartbeat: false,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.raft_snapshot_entries),
         max_in_snapshot_log_to_keep: config.raft_snapshot_entries.min(1000) / 2,
         ..Default::default()
@@ -311,6 +314,11 @@ pub async fn serve_with(
         let every = options.balance_interval;
         tokio::spawn(async move { cluster.run_balancer(every, stop).await })
     });
+    let heartbeats = node.cluster.clone().map(|cluster| {
+        let stop = stop.clone();
+        let every = cluster.groups.heartbeat_interval();
+        tokio::spawn(async move { cluster.groups.run_heartbeats(every, stop).await })
+    });
     let raft_connections = TaskTracker::new();
     let raft_server = match (raft_listener, &node.cluster) {
         (Some(raft_listener), Some(cluster)) => Some(tokio::spawn(accept_raft(
@@ -377,6 +385,9 @@ pub async fn serve_with(
     let _ = acceptor.await;
     if let Some(balancer) = balancer {
         let _ = balancer.await;
+    }
+    if let Some(heartbeats) = heartbeats {
+        let _ = heartbeats.await;
     }
     if let Some(cluster) = &node.cluster {
         cluster.groups.shutdown().await;
@@ -543,7 +554,8 @@ fn serve_connection(
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(listening.header_read_timeout)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
         let mut connection = std::pin::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,

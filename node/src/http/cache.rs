@@ -44,7 +44,9 @@ pub async fn get_value(
             Route::Forward(addr) => {
                 return forward(&node, &addr, Method::GET, &uri, &headers, Bytes::new()).await;
             }
-            Route::Unavailable(why) => return Err(unavailable(why)),
+            Route::Unavailable(why) | Route::OutcomeUnknown(why) => {
+                return Err(unavailable(why));
+            }
         }
     }
     let Some(entry) = node.store.get(&key) else {
@@ -133,6 +135,7 @@ pub async fn set_value(
                     return forward(&node, &addr, method, &uri, &headers, original_body).await;
                 }
                 Route::Unavailable(why) => return Err(unavailable(why)),
+                Route::OutcomeUnknown(why) => return Err(ApiError::OutcomeUnknown(why)),
             }
         }
     }
@@ -166,6 +169,7 @@ pub async fn delete_value(
                         .await;
                 }
                 Route::Unavailable(why) => return Err(unavailable(why)),
+                Route::OutcomeUnknown(why) => return Err(ApiError::OutcomeUnknown(why)),
             }
         }
     };

@@ -44,6 +44,7 @@ pub async fn forward(
     if cluster.groups.transport.is_isolated() {
         return Err(unavailable("this node is cut off from its peers".into()));
     }
+    let method_writes = method != Method::GET && method != Method::HEAD;
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let mut request = cluster
         .groups
@@ -61,11 +62,20 @@ pub async fn forward(
             request = request.header(name, value);
         }
     }
-    let answer = request.send().await.map_err(|e| {
-        unavailable(format!(
-            "the partition's leader at {addr} did not answer: {e}"
-        ))
-    })?;
+    // A write that reached the leader and got no answer may still be applied there:
+    // only one that never left this node (no connection) is safe to call not applied.
+    let in_doubt = |e: reqwest::Error, what: &str| {
+        let message = format!("the partition's leader at {addr} {what}: {e}");
+        if method_writes && !e.is_connect() {
+            ApiError::OutcomeUnknown(message)
+        } else {
+            unavailable(message)
+        }
+    };
+    let answer = request
+        .send()
+        .await
+        .map_err(|e| in_doubt(e, "did not answer"))?;
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut passed = HeaderMap::new();
     for name in [
@@ -80,10 +90,7 @@ pub async fn forward(
     if let Some(value) = answer.headers().get(TTL_HEADER) {
         passed.insert(TTL_HEADER, value.clone());
     }
-    let body = answer
-        .bytes()
-        .await
-        .map_err(|e| unavailable(format!("the partition's leader at {addr} broke off: {e}")))?;
+    let body = answer.bytes().await.map_err(|e| in_doubt(e, "broke off"))?;
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     *response.headers_mut() = passed;
