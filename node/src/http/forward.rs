@@ -9,6 +9,10 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::Response;
 
+use std::time::Duration;
+
+use dcache_protocol::wire::DEADLINE_HEADER;
+
 use super::cache::TTL_HEADER;
 use super::{ApiError, Node};
 
@@ -18,7 +22,7 @@ pub const FORWARDED_HEADER: &str = "x-dcache-forwarded";
 /// A request is forwarded at most this many times: to a replica, then to its leader.
 const MAX_HOPS: u32 = 2;
 /// How long a forwarded request may take at the other node.
-const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn forward(
     node: &Node,
@@ -46,6 +50,16 @@ pub async fn forward(
     }
     let method_writes = method != Method::GET && method != Method::HEAD;
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    // A write carries the moment its caller stops waiting, so that the leader refuses
+    // it rather than applies it late; this node waits no longer either.
+    let now = node.store.clock().now_ms();
+    let deadline = caller_deadline(headers).unwrap_or(now + FORWARD_TIMEOUT.as_millis() as u64);
+    if method_writes && deadline <= now {
+        return Err(unavailable(
+            "the caller's deadline passed; not applied".into(),
+        ));
+    }
+    let timeout = Duration::from_millis(deadline.saturating_sub(now)).min(FORWARD_TIMEOUT);
     let mut request = cluster
         .groups
         .transport
@@ -54,8 +68,9 @@ pub async fn forward(
             method,
             format!("{}://{addr}{path}", cluster.groups.transport.scheme()),
         )
-        .timeout(FORWARD_TIMEOUT)
+        .timeout(timeout)
         .header(FORWARDED_HEADER, hops + 1)
+        .header(DEADLINE_HEADER, deadline)
         .body(body);
     for name in [header::CONTENT_TYPE, header::AUTHORIZATION] {
         if let Some(value) = headers.get(&name) {
@@ -95,6 +110,25 @@ pub async fn forward(
     *response.status_mut() = status;
     *response.headers_mut() = passed;
     Ok(response)
+}
+
+/// The caller's deadline a request carries, if any (Unix milliseconds).
+pub fn caller_deadline(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(DEADLINE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Refuses a write whose caller has stopped waiting: proposing it now could apply it
+/// after a newer write the caller has made since.
+pub fn refuse_if_past_deadline(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    match caller_deadline(headers) {
+        Some(deadline) if deadline <= node.store.clock().now_ms() => Err(unavailable(
+            "the caller's deadline passed before the write was proposed; not applied".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 pub fn unavailable(message: String) -> ApiError {
