@@ -90,7 +90,11 @@ pub fn build_node(
     let election = config.raft_election_timeout.as_millis() as u64;
     let raft_config = openraft::Config {
         cluster_name: "dcache".into(),
-        heartbeat_interval: heartbeat,
+        // The heartbeats themselves go at `--raft-heartbeat`, from one ticker for all
+        // groups (below). openraft derives each group's own tick from this interval
+        // (13/64 of it): every tick wakes the group, so ticking at election-timeout
+        // granularity instead of heartbeat granularity is most of an idle node's CPU.
+        heartbeat_interval: heartbeat.max(election / 2),
         election_timeout_min: election,
         election_timeout_max: election * 2,
         // A node coming back from a partition must not depose a healthy leader.
@@ -256,6 +260,8 @@ pub struct ServeOptions {
     pub grace: Duration,
     /// How long a stop is held while a partition needs this node for its majority.
     pub safe_stop: Duration,
+    /// How often every group led here heartbeats its followers.
+    pub raft_heartbeat: Duration,
 }
 
 impl ServeOptions {
@@ -266,6 +272,7 @@ impl ServeOptions {
             http_workers: config.http_workers,
             grace: config.shutdown_timeout,
             safe_stop: config.safe_stop_timeout,
+            raft_heartbeat: config.raft_heartbeat,
         }
     }
 }
@@ -316,7 +323,7 @@ pub async fn serve_with(
     });
     let heartbeats = node.cluster.clone().map(|cluster| {
         let stop = stop.clone();
-        let every = cluster.groups.heartbeat_interval();
+        let every = options.raft_heartbeat;
         tokio::spawn(async move { cluster.groups.run_heartbeats(every, stop).await })
     });
     let raft_connections = TaskTracker::new();

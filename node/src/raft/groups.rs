@@ -334,11 +334,6 @@ impl Groups {
             .clone()
     }
 
-    /// How often a leader heartbeats its followers.
-    pub fn heartbeat_interval(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.config.heartbeat_interval)
-    }
-
     /// Heartbeats every group this node leads, all at once, every `every` until `stop`:
     /// the transport then carries one tick's heartbeats to each peer in one batch
     /// (CockroachDB coalesces heartbeats per peer for the same reason), instead of each
