@@ -9,7 +9,7 @@ NODE_PORT ?= 7000
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 IMAGE ?= dcache/dcache:$(VERSION)
 
-.PHONY: run node local demo test lint fmt build release crds manifests image image-name fuzz chaos rolling bench bench-node bench-reads bench-peers bench-persistence bench-memory bench-eviction clean
+.PHONY: run node local demo test lint fmt build release crds manifests image image-name fuzz chaos rolling profile bench bench-node bench-reads bench-peers bench-persistence bench-memory bench-eviction clean
 
 ## run: build, start a 3-node local cluster and play every demo scenario on it
 run: demo
@@ -86,6 +86,11 @@ chaos:
 ROLLING_ROUNDS ?= 10
 rolling:
 	DCACHE_ROLLING_ROUNDS=$(ROLLING_ROUNDS) DCACHE_CHAOS_HEAL_SECONDS=30 $(CARGO) test --release --locked -p dcache-node --test chaos -- --nocapture rolling_restarts_lose_nothing
+
+## profile: a 3-node release cluster under dcache bench sets, then gets, sampled by perf
+## with call graphs; the top frames (nodes and load generator) go to bench/results/profile.md
+profile: release
+	bash bench/profile.sh
 
 ## bench: every benchmark program; figures go to bench/results/
 bench: bench-eviction bench-memory bench-node bench-reads bench-peers bench-persistence

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dcache_protocol::wire::{Consistency, DeleteResponse, ErrorBody, GetResponse};
+use dcache_protocol::wire::{Consistency, DEADLINE_HEADER, DeleteResponse, ErrorBody, GetResponse};
 use futures_util::future::join_all;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
 use reqwest::{Method, StatusCode, header};
@@ -652,6 +652,15 @@ impl Client {
                 .http
                 .request(method.clone(), url)
                 .timeout(timeout);
+            if method != Method::GET {
+                // The node refuses, unapplied, a write that reaches it after this
+                // attempt was given up on: a retry can never be overtaken by it.
+                let given_up_at = std::time::SystemTime::now() + timeout;
+                let unix_ms = given_up_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                request = request.header(DEADLINE_HEADER, unix_ms);
+            }
             request = match &body {
                 RequestBody::Empty => request,
                 RequestBody::Json(json) => request

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 pub use dcache_protocol::cluster::{ClusterStatus, InitRequest, MembersRequest, PartitionStatus};
 
 use crate::balancer::BalancerState;
+use crate::raft::cluster_state::ClusterView;
 use crate::raft::cluster_state::Member;
 use crate::raft::groups::{Groups, WriteRefused};
 use crate::raft::membership::VoterReport;
@@ -49,8 +50,10 @@ pub enum Route<T> {
     Here(T),
     /// Another node must serve it: its API address.
     Forward(String),
-    /// Nobody can right now.
+    /// Nobody can right now; nothing was done.
     Unavailable(String),
+    /// A write was proposed here and got no outcome: it may still be applied.
+    OutcomeUnknown(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +88,9 @@ impl Cluster {
         }
     }
 
-    pub fn state(&self) -> Option<ClusterState> {
+    /// The cluster state as this node knows it, with its placement: shared, not
+    /// copied.
+    pub fn state(&self) -> Option<Arc<ClusterView>> {
         self.groups.cluster_state()
     }
 
@@ -96,7 +101,7 @@ impl Cluster {
         validate_init(&request)?;
         if let Some(state) = self.state() {
             return if state.cluster_id == request.cluster_id {
-                Ok(state)
+                Ok(state.state.clone())
             } else {
                 Err(AdminError::Conflict(format!(
                     "this node already belongs to cluster {:?}; refusing to initialise {:?}",
@@ -139,7 +144,7 @@ impl Cluster {
         .await
         .map_err(AdminError::Unavailable)?;
 
-        let placement = state.placement();
+        let placement = state.compute_placement();
         let starts = placement
             .replicas
             .iter()
@@ -201,7 +206,9 @@ impl Cluster {
         self.propose_cluster_change(&state, ClusterCommand::SetMembers(identified), deadline)
             .await
             .map_err(AdminError::Unavailable)?;
-        Ok(self.state().unwrap_or(state))
+        Ok(self
+            .state()
+            .map_or(state.state.clone(), |view| view.state.clone()))
     }
 
     /// Proposes a change of the cluster state through the cluster group's leader.
@@ -397,21 +404,23 @@ impl Cluster {
             WriteRefused::Unavailable(why) => {
                 Route::Unavailable(format!("partition {partition} is unavailable: {why}"))
             }
+            WriteRefused::OutcomeUnknown(why) => {
+                Route::OutcomeUnknown(format!("partition {partition}: {why}"))
+            }
         }
     }
 
     /// A node holding `partition`, for a request this node cannot serve.
     fn replica_api_addr(&self, partition: PartitionId) -> Option<String> {
-        let state = self.state()?;
-        let placement = state.placement();
-        let leader = placement.leaders.get(partition as usize)?;
-        state.member(leader).map(|m| m.node.api_addr.clone())
+        let view = self.state()?;
+        view.placement_leader(partition)
+            .map(|m| m.node.api_addr.clone())
     }
 
     /// What `/cluster` reports.
     pub fn status(&self) -> ClusterStatus {
         let state = self.state();
-        let placement = state.as_ref().map(ClusterState::placement);
+        let placement = state.as_ref().map(|view| &view.placement);
         let name_of = |raft_id: NodeId| {
             state
                 .as_ref()
@@ -476,7 +485,7 @@ impl Cluster {
                 .map(|s| s.members.values().cloned().collect())
                 .unwrap_or_default(),
             partitions,
-            lost_partitions: state.map(|s| s.lost).unwrap_or_default(),
+            lost_partitions: state.map(|s| s.lost.clone()).unwrap_or_default(),
         }
     }
 

@@ -30,6 +30,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::type_config::alias::StoredMembershipOf;
 
 use crate::cluster::{Cluster, MAX_CLUSTER_VOTERS, READY_LAG, group_name};
+use crate::raft::cluster_state::ClusterView;
 use crate::raft::membership::{LeaveAnswer, VoterReport, may_leave};
 use crate::raft::transport::op;
 use crate::raft::{
@@ -91,7 +92,7 @@ impl Cluster {
 
     /// The groups this member should vote in: the partitions the placement gives it,
     /// and the cluster group if it is among its first voters.
-    fn voting_here(&self, state: &ClusterState) -> Vec<GroupId> {
+    fn voting_here(&self, state: &ClusterView) -> Vec<GroupId> {
         let me = &self.groups.me.name;
         if !state.members.contains_key(me) {
             return Vec::new();
@@ -102,7 +103,7 @@ impl Cluster {
             .take(MAX_CLUSTER_VOTERS)
             .any(|name| name == me);
         let partitions = state
-            .placement()
+            .placement
             .replicas
             .iter()
             .enumerate()
@@ -119,7 +120,7 @@ impl Cluster {
     /// The first reason this incarnation does not yet hold its share safely, if any.
     fn unfilled_reason(
         &self,
-        state: &ClusterState,
+        state: &ClusterView,
         initialized: &BTreeMap<GroupId, GroupRaft>,
     ) -> Option<String> {
         if let Some(reason) = self

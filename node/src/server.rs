@@ -90,11 +90,18 @@ pub fn build_node(
     let election = config.raft_election_timeout.as_millis() as u64;
     let raft_config = openraft::Config {
         cluster_name: "dcache".into(),
-        heartbeat_interval: heartbeat,
+        // The heartbeats themselves go at `--raft-heartbeat`, from one ticker for all
+        // groups (below). openraft derives each group's own tick from this interval
+        // (13/64 of it): every tick wakes the group, so ticking at election-timeout
+        // granularity instead of heartbeat granularity is most of an idle node's CPU.
+        heartbeat_interval: heartbeat.max(election / 2),
         election_timeout_min: election,
         election_timeout_max: election * 2,
         // A node coming back from a partition must not depose a healthy leader.
         enable_pre_vote: Some(true),
+        // One ticker sends the heartbeats of every group led here at once (see
+        // `Groups::run_heartbeats`), so each peer gets them in one batch per tick.
+        enable_heartbeat: false,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.raft_snapshot_entries),
         max_in_snapshot_log_to_keep: config.raft_snapshot_entries.min(1000) / 2,
         ..Default::default()
@@ -253,6 +260,8 @@ pub struct ServeOptions {
     pub grace: Duration,
     /// How long a stop is held while a partition needs this node for its majority.
     pub safe_stop: Duration,
+    /// How often every group led here heartbeats its followers.
+    pub raft_heartbeat: Duration,
 }
 
 impl ServeOptions {
@@ -263,6 +272,7 @@ impl ServeOptions {
             http_workers: config.http_workers,
             grace: config.shutdown_timeout,
             safe_stop: config.safe_stop_timeout,
+            raft_heartbeat: config.raft_heartbeat,
         }
     }
 }
@@ -310,6 +320,11 @@ pub async fn serve_with(
         let stop = stop.clone();
         let every = options.balance_interval;
         tokio::spawn(async move { cluster.run_balancer(every, stop).await })
+    });
+    let heartbeats = node.cluster.clone().map(|cluster| {
+        let stop = stop.clone();
+        let every = options.raft_heartbeat;
+        tokio::spawn(async move { cluster.groups.run_heartbeats(every, stop).await })
     });
     let raft_connections = TaskTracker::new();
     let raft_server = match (raft_listener, &node.cluster) {
@@ -377,6 +392,9 @@ pub async fn serve_with(
     let _ = acceptor.await;
     if let Some(balancer) = balancer {
         let _ = balancer.await;
+    }
+    if let Some(heartbeats) = heartbeats {
+        let _ = heartbeats.await;
     }
     if let Some(cluster) = &node.cluster {
         cluster.groups.shutdown().await;
@@ -543,7 +561,8 @@ fn serve_connection(
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(listening.header_read_timeout)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
         let mut connection = std::pin::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,

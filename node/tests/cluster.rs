@@ -315,3 +315,37 @@ async fn a_stopping_node_holds_its_stop_while_a_partition_needs_it() {
     assert_eq!(status["lost_partitions"], json!([]), "{status}");
     cluster.check_keys(&[0, 1, 2], 100).await;
 }
+
+/// A write that reaches a node after its caller stopped waiting (a forward that took
+/// too long, a client that gave up) is refused unapplied, through whichever node it
+/// comes: applying it late could overwrite a newer acknowledged value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_past_its_callers_deadline_is_refused_unapplied() {
+    let cluster = TestCluster::start(3).await;
+    let past = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 1_000;
+    for node in 0..3 {
+        let key = format!("late-{node}");
+        let answer = cluster
+            .client
+            .put(cluster.nodes[node].url(&format!("/cache/{key}")))
+            .header(dcache_protocol::wire::DEADLINE_HEADER, past)
+            .json(&json!({"value": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 503);
+        let error = answer.text().await.unwrap();
+        assert!(error.contains("deadline"), "{error}");
+        assert_eq!(
+            cluster
+                .get_settled(node, &key, "linearizable", Duration::from_secs(30))
+                .await,
+            None,
+            "{key} was applied"
+        );
+    }
+}

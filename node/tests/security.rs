@@ -524,7 +524,30 @@ async fn raft_messages_without_the_cluster_secret_are_refused() {
         .await
         .unwrap();
     assert_eq!(identity.status(), StatusCode::UNAUTHORIZED);
-    assert!(rejected(&client, &cluster.nodes[1].base, "cluster_secret").await >= 3);
+
+    // The stream every group's messages share opens only with the secret.
+    let open_stream = |secret: Option<&str>| {
+        let raft = raft.clone();
+        let secret = secret.map(str::to_owned);
+        async move {
+            let mut stream = TcpStream::connect(&raft).await.unwrap();
+            let mut head = String::from(
+                "GET /raft/stream HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\n\
+                 upgrade: dcache-raft/1\r\n",
+            );
+            if let Some(secret) = secret {
+                head.push_str(&format!("{SECRET_HEADER}: {secret}\r\n"));
+            }
+            head.push_str("\r\n");
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let mut answer = vec![0; 12];
+            stream.read_exact(&mut answer).await.unwrap();
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    assert_eq!(open_stream(None).await, "HTTP/1.1 401");
+    assert_eq!(open_stream(Some(CLUSTER_SECRET)).await, "HTTP/1.1 101");
+    assert!(rejected(&client, &cluster.nodes[1].base, "cluster_secret").await >= 4);
 }
 
 /// A CA and certificates it signs for loopback, as cert-manager would lay them out.

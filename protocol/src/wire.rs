@@ -94,6 +94,12 @@ pub struct CacheQuery {
 }
 
 /// The longest TTL accepted: ten years. Longer is "never expire", which is the default.
+/// When the caller stops waiting for a write, in Unix milliseconds: a node that gets
+/// the write (forwarded, or straight from a client) after that moment refuses it
+/// unapplied (503) instead of proposing it, so a write its caller gave up on can never
+/// take effect later, after a newer one.
+pub const DEADLINE_HEADER: &str = "x-dcache-deadline-ms";
+
 pub const MAX_TTL_SECONDS: f64 = 10.0 * 365.25 * 24.0 * 3600.0;
 
 /// Checks a TTL in seconds as sent by a client.

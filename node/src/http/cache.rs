@@ -14,7 +14,7 @@ use dcache_protocol::wire::{
 };
 use percent_encoding::percent_decode_str;
 
-use super::forward::{forward, unavailable};
+use super::forward::{forward, refuse_if_past_deadline, unavailable};
 use super::{ApiError, Limits, Node};
 use crate::clock::UnixMillis;
 use crate::cluster::Route;
@@ -44,7 +44,9 @@ pub async fn get_value(
             Route::Forward(addr) => {
                 return forward(&node, &addr, Method::GET, &uri, &headers, Bytes::new()).await;
             }
-            Route::Unavailable(why) => return Err(unavailable(why)),
+            Route::Unavailable(why) | Route::OutcomeUnknown(why) => {
+                return Err(unavailable(why));
+            }
         }
     }
     let Some(entry) = node.store.get(&key) else {
@@ -118,6 +120,7 @@ pub async fn set_value(
     match &node.cluster {
         None => node.store.set(key_bytes, entry),
         Some(cluster) => {
+            refuse_if_past_deadline(&node, &headers)?;
             let command = Command::Set {
                 key: key_bytes,
                 kind: entry.kind,
@@ -133,6 +136,7 @@ pub async fn set_value(
                     return forward(&node, &addr, method, &uri, &headers, original_body).await;
                 }
                 Route::Unavailable(why) => return Err(unavailable(why)),
+                Route::OutcomeUnknown(why) => return Err(ApiError::OutcomeUnknown(why)),
             }
         }
     }
@@ -153,6 +157,7 @@ pub async fn delete_value(
     let deleted = match &node.cluster {
         None => node.store.delete(&key),
         Some(cluster) => {
+            refuse_if_past_deadline(&node, &headers)?;
             let command = Command::Delete {
                 key: Bytes::copy_from_slice(&key),
             };
@@ -166,6 +171,7 @@ pub async fn delete_value(
                         .await;
                 }
                 Route::Unavailable(why) => return Err(unavailable(why)),
+                Route::OutcomeUnknown(why) => return Err(ApiError::OutcomeUnknown(why)),
             }
         }
     };

@@ -31,11 +31,16 @@ pub enum ApiError {
         message: String,
         retry_after_secs: u32,
     },
+    /// Not applied, and nothing of it pending: retrying is safe.
     #[error("{message}")]
     Unavailable {
         message: String,
         retry_after_secs: u32,
     },
+    /// A write that was handed to Raft (or to the partition's leader) and got no answer:
+    /// it may still be applied, even after a newer write (etcd's "outcome unknown").
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 impl ApiError {
@@ -52,6 +57,7 @@ impl ApiError {
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 }

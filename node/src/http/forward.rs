@@ -9,6 +9,10 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::Response;
 
+use std::time::Duration;
+
+use dcache_protocol::wire::DEADLINE_HEADER;
+
 use super::cache::TTL_HEADER;
 use super::{ApiError, Node};
 
@@ -18,7 +22,7 @@ pub const FORWARDED_HEADER: &str = "x-dcache-forwarded";
 /// A request is forwarded at most this many times: to a replica, then to its leader.
 const MAX_HOPS: u32 = 2;
 /// How long a forwarded request may take at the other node.
-const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn forward(
     node: &Node,
@@ -44,7 +48,18 @@ pub async fn forward(
     if cluster.groups.transport.is_isolated() {
         return Err(unavailable("this node is cut off from its peers".into()));
     }
+    let method_writes = method != Method::GET && method != Method::HEAD;
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    // A write carries the moment its caller stops waiting, so that the leader refuses
+    // it rather than applies it late; this node waits no longer either.
+    let now = node.store.clock().now_ms();
+    let deadline = caller_deadline(headers).unwrap_or(now + FORWARD_TIMEOUT.as_millis() as u64);
+    if method_writes && deadline <= now {
+        return Err(unavailable(
+            "the caller's deadline passed; not applied".into(),
+        ));
+    }
+    let timeout = Duration::from_millis(deadline.saturating_sub(now)).min(FORWARD_TIMEOUT);
     let mut request = cluster
         .groups
         .transport
@@ -53,19 +68,29 @@ pub async fn forward(
             method,
             format!("{}://{addr}{path}", cluster.groups.transport.scheme()),
         )
-        .timeout(FORWARD_TIMEOUT)
+        .timeout(timeout)
         .header(FORWARDED_HEADER, hops + 1)
+        .header(DEADLINE_HEADER, deadline)
         .body(body);
     for name in [header::CONTENT_TYPE, header::AUTHORIZATION] {
         if let Some(value) = headers.get(&name) {
             request = request.header(name, value);
         }
     }
-    let answer = request.send().await.map_err(|e| {
-        unavailable(format!(
-            "the partition's leader at {addr} did not answer: {e}"
-        ))
-    })?;
+    // A write that reached the leader and got no answer may still be applied there:
+    // only one that never left this node (no connection) is safe to call not applied.
+    let in_doubt = |e: reqwest::Error, what: &str| {
+        let message = format!("the partition's leader at {addr} {what}: {e}");
+        if method_writes && !e.is_connect() {
+            ApiError::OutcomeUnknown(message)
+        } else {
+            unavailable(message)
+        }
+    };
+    let answer = request
+        .send()
+        .await
+        .map_err(|e| in_doubt(e, "did not answer"))?;
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut passed = HeaderMap::new();
     for name in [
@@ -80,14 +105,30 @@ pub async fn forward(
     if let Some(value) = answer.headers().get(TTL_HEADER) {
         passed.insert(TTL_HEADER, value.clone());
     }
-    let body = answer
-        .bytes()
-        .await
-        .map_err(|e| unavailable(format!("the partition's leader at {addr} broke off: {e}")))?;
+    let body = answer.bytes().await.map_err(|e| in_doubt(e, "broke off"))?;
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     *response.headers_mut() = passed;
     Ok(response)
+}
+
+/// The caller's deadline a request carries, if any (Unix milliseconds).
+pub fn caller_deadline(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(DEADLINE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Refuses a write whose caller has stopped waiting: proposing it now could apply it
+/// after a newer write the caller has made since.
+pub fn refuse_if_past_deadline(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    match caller_deadline(headers) {
+        Some(deadline) if deadline <= node.store.clock().now_ms() => Err(unavailable(
+            "the caller's deadline passed before the write was proposed; not applied".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 pub fn unavailable(message: String) -> ApiError {

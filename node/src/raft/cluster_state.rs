@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Deref;
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -66,8 +68,9 @@ impl fmt::Display for ClusterCommand {
 }
 
 impl ClusterState {
-    /// Where every partition should live.
-    pub fn placement(&self) -> Placement {
+    /// Where every partition should live, computed afresh: readers of the current
+    /// state use [`ClusterView::placement`] instead.
+    pub fn compute_placement(&self) -> Placement {
         let names: Vec<&String> = self.members.keys().collect();
         Placement::compute(&names, self.partitions, self.replication, self.vnodes)
     }
@@ -121,6 +124,64 @@ impl ClusterState {
                     state.lost.drain(..excess);
                 }
             }
+        }
+    }
+}
+
+/// A cluster state and what follows from it, computed once when the state changes and
+/// shared by every reader: serving a request clones no state and recomputes no
+/// placement.
+#[derive(Debug)]
+pub struct ClusterView {
+    pub state: ClusterState,
+    pub placement: Placement,
+}
+
+impl ClusterView {
+    pub fn new(state: ClusterState) -> Self {
+        let placement = state.compute_placement();
+        Self { state, placement }
+    }
+
+    /// The API address of `partition`'s placement leader: where a request for a
+    /// partition this node does not hold is sent.
+    pub fn placement_leader(&self, partition: u32) -> Option<&Member> {
+        let name = self.placement.leaders.get(partition as usize)?;
+        self.state.member(name)
+    }
+}
+
+impl Deref for ClusterView {
+    type Target = ClusterState;
+
+    fn deref(&self) -> &ClusterState {
+        &self.state
+    }
+}
+
+/// Where the cluster group's state machine publishes the current [`ClusterView`].
+#[derive(Debug, Clone, Default)]
+pub struct SharedClusterView(Arc<RwLock<Option<Arc<ClusterView>>>>);
+
+impl SharedClusterView {
+    pub fn get(&self) -> Option<Arc<ClusterView>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the state (a restored snapshot).
+    pub fn set(&self, state: Option<ClusterState>) {
+        let view = state.map(|state| Arc::new(ClusterView::new(state)));
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = view;
+    }
+
+    /// Applies `command` to the current state and publishes the result (the views
+    /// already handed out keep the state they were made from).
+    pub fn apply(&self, command: &ClusterCommand) {
+        let mut current = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let mut state = current.as_ref().map(|view| view.state.clone());
+        ClusterState::apply(&mut state, command);
+        if state.as_ref() != current.as_ref().map(|view| &view.state) {
+            *current = state.map(|state| Arc::new(ClusterView::new(state)));
         }
     }
 }

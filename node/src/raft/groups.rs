@@ -10,13 +10,13 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft_multi::GroupNetworkFactory;
 use tracing::info;
 
+use super::cluster_state::{ClusterView, SharedClusterView};
 use super::log_store::LogStore;
 use super::membership::{VoterReport, can_take_over};
 use super::state_machine::{GroupStateMachine, Target};
 use super::transport::Transport;
 use super::{
-    ClusterState, Command, CommandResult, GroupId, GroupRaft, MemberNode, NodeId, TypeConfig,
-    group_partition,
+    Command, CommandResult, GroupId, GroupRaft, MemberNode, NodeId, TypeConfig, group_partition,
 };
 use crate::persist::Disk;
 use crate::store::Store;
@@ -32,8 +32,11 @@ pub enum WriteRefused {
     NotHosted,
     /// Another node leads the group (if known).
     NotLeader(Option<MemberNode>),
-    /// The group cannot take writes right now.
+    /// The group cannot take writes right now; nothing was proposed.
     Unavailable(String),
+    /// The write was proposed but no outcome came within [`QUORUM_WAIT`] (or the
+    /// leadership was lost meanwhile): it may still be committed.
+    OutcomeUnknown(String),
 }
 
 pub struct Groups {
@@ -45,7 +48,7 @@ pub struct Groups {
     pub read_policy: openraft::ReadPolicy,
     config: Arc<openraft::Config>,
     store: Store,
-    cluster: Arc<RwLock<Option<ClusterState>>>,
+    cluster: SharedClusterView,
     groups: RwLock<HashMap<GroupId, GroupRaft>>,
     creating: tokio::sync::Mutex<()>,
     /// Set when the node is stopping: it hands its leaderships away and takes none.
@@ -74,7 +77,7 @@ impl Groups {
             read_policy: openraft::ReadPolicy::ReadIndex,
             config,
             store,
-            cluster: Arc::default(),
+            cluster: SharedClusterView::default(),
             groups: RwLock::default(),
             creating: tokio::sync::Mutex::new(()),
             stepping_down: AtomicBool::new(false),
@@ -117,11 +120,9 @@ impl Groups {
             .collect()
     }
 
-    pub fn cluster_state(&self) -> Option<ClusterState> {
-        self.cluster
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The current cluster state and its placement, shared (not copied).
+    pub fn cluster_state(&self) -> Option<Arc<ClusterView>> {
+        self.cluster.get()
     }
 
     /// The group's Raft, created empty (to be initialised or replicated to) if absent
@@ -191,9 +192,12 @@ impl Groups {
         command: Command,
     ) -> Result<CommandResult, WriteRefused> {
         let raft = self.get(group).ok_or(WriteRefused::NotHosted)?;
-        match raft.client_write(command).await {
-            Ok(response) => Ok(response.data),
-            Err(error) => Err(refusal(error)),
+        match tokio::time::timeout(QUORUM_WAIT, raft.client_write(command)).await {
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(error)) => Err(refusal(error)),
+            Err(_) => Err(WriteRefused::OutcomeUnknown(format!(
+                "proposed, but not committed within {QUORUM_WAIT:?}"
+            ))),
         }
     }
 
@@ -257,14 +261,12 @@ impl Groups {
         let Some(partition) = group_partition(group) else {
             return true;
         };
-        let Some(state) = self.cluster_state() else {
-            return false;
-        };
-        state
-            .placement()
-            .replicas
-            .get(partition as usize)
-            .is_some_and(|replicas| replicas.contains(&self.me.name))
+        self.cluster_state().is_some_and(|view| {
+            view.placement
+                .replicas
+                .get(partition as usize)
+                .is_some_and(|replicas| replicas.contains(&self.me.name))
+        })
     }
 
     /// Drops copies of partition groups this node no longer belongs to: those the
@@ -332,6 +334,36 @@ impl Groups {
             .clone()
     }
 
+    /// Heartbeats every group this node leads, all at once, every `every` until `stop`:
+    /// the transport then carries one tick's heartbeats to each peer in one batch
+    /// (CockroachDB coalesces heartbeats per peer for the same reason), instead of each
+    /// group's timer waking the stream on its own.
+    pub async fn run_heartbeats(
+        &self,
+        every: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let led: Vec<GroupRaft> = self
+                .groups
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .filter(|raft| raft.metrics().borrow_watched().current_leader == Some(self.id))
+                .cloned()
+                .collect();
+            for raft in led {
+                let _ = raft.trigger().heartbeat().await;
+            }
+        }
+    }
+
     /// Whether this node is stopping and must not be handed any leadership.
     pub fn is_stepping_down(&self) -> bool {
         self.stepping_down.load(Ordering::Relaxed)
@@ -383,12 +415,24 @@ impl Groups {
 }
 
 fn refusal(error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> WriteRefused {
-    if let Some(forward) = error.forward_to_leader() {
-        // A fresh leader refuses until a quorum acknowledged it: no leader to name yet.
-        return match &forward.leader_node {
-            Some(node) => WriteRefused::NotLeader(Some(node.clone())),
-            None => WriteRefused::Unavailable("the partition is electing a leader".into()),
-        };
+    match error {
+        // Refused before its entry was appended: forwarding it to the leader is safe.
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            match forward.leader_node {
+                Some(node) => WriteRefused::NotLeader(Some(node)),
+                // A fresh leader refuses until a quorum acknowledged it: no one to name.
+                None => WriteRefused::Unavailable("the partition is electing a leader".into()),
+            }
+        }
+        // Appended here, then dropped when another leader's log won: it may have been
+        // committed by that leader all the same, so it must not be proposed again.
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward)) => {
+            WriteRefused::OutcomeUnknown(format!(
+                "the leadership changed while the write was in flight ({forward})"
+            ))
+        }
+        RaftError::APIError(e) => WriteRefused::Unavailable(e.to_string()),
+        // The group stopped: the entry may have been appended before it did.
+        RaftError::Fatal(e) => WriteRefused::OutcomeUnknown(e.to_string()),
     }
-    WriteRefused::Unavailable(error.to_string())
 }

@@ -16,6 +16,7 @@ pub mod membership;
 pub mod rpc;
 pub mod snapshot;
 pub mod state_machine;
+pub mod stream;
 pub mod transport;
 
 use std::fmt;

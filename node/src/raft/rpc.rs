@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::groups::{Groups, WriteRefused};
 use super::membership::{self, DropRequest, ReconcileRequest};
 use super::snapshot;
+use super::stream;
 use super::transport::{INCARNATION_HEADER, op};
 use super::{Command, CommandResult, GroupId, MemberNode, NodeId, TypeConfig};
 use crate::auth::CLUSTER_SECRET_HEADER;
@@ -42,6 +43,7 @@ pub fn router(groups: Arc<Groups>) -> Router {
             &format!("/raft/{{group}}/{}", op::SNAPSHOT),
             post(receive_snapshot),
         )
+        .route(stream::PATH, get(open_stream))
         .route("/raft/{group}/{operation}", post(dispatch))
         .with_state(groups)
 }
@@ -55,6 +57,49 @@ async fn identity(State(groups): State<Arc<Groups>>, headers: HeaderMap) -> Resp
         node: groups.me.clone(),
     })
     .into_response()
+}
+
+/// Upgrades an authenticated peer's connection to the Raft stream (see
+/// [`super::stream`]) and serves it until it closes.
+async fn open_stream(
+    State(groups): State<Arc<Groups>>,
+    mut request: axum::extract::Request,
+) -> Response {
+    if let Some(refused) = unauthenticated(&groups, request.headers()) {
+        return refused;
+    }
+    let asks = request
+        .headers()
+        .get(axum::http::header::UPGRADE)
+        .is_some_and(|protocol| protocol == stream::PROTOCOL);
+    let upgrade = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>();
+    let (true, Some(upgrade)) = (asks, upgrade) else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            format!(
+                "{} is opened with `upgrade: {}`",
+                stream::PATH,
+                stream::PROTOCOL
+            ),
+        )
+            .into_response();
+    };
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                stream::serve(hyper_util::rt::TokioIo::new(upgraded), groups).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "a Raft stream upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(axum::http::header::CONNECTION, "upgrade")
+        .header(axum::http::header::UPGRADE, stream::PROTOCOL)
+        .body(Body::empty())
+        .expect("a valid response")
 }
 
 /// Refuses a message without the cluster secret: only members may speak Raft here.
@@ -74,10 +119,32 @@ pub(crate) fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     postcard::from_bytes(body).map_err(|e| format!("undecodable request: {e}"))
 }
 
-fn answer<T: Serialize>(result: Result<T, String>) -> Response {
+/// How a Raft message was answered, whichever way it came (an HTTP request or a frame
+/// of a peer's stream).
+pub(crate) enum Reply {
+    /// A postcard `Result<Response, String>`.
+    Answer(Vec<u8>),
+    /// Meant for another Raft identity: this node restarted since the sender learned it.
+    Gone(String),
+    /// Not served, with the HTTP status that says why (isolated, no such group or
+    /// operation).
+    Refused(StatusCode, String),
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Answer(bytes) => bytes.into_response(),
+            Self::Gone(why) => (StatusCode::GONE, why).into_response(),
+            Self::Refused(status, why) => (status, why).into_response(),
+        }
+    }
+}
+
+fn answer<T: Serialize>(result: Result<T, String>) -> Reply {
     match postcard::to_stdvec(&result) {
-        Ok(bytes) => bytes.into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Ok(bytes) => Reply::Answer(bytes),
+        Err(e) => Reply::Refused(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
@@ -88,28 +155,31 @@ fn refusal(groups: &Groups, headers: &HeaderMap) -> Option<Response> {
     if let Some(refused) = unauthenticated(groups, headers) {
         return Some(refused);
     }
-    if groups.transport.is_isolated() {
-        return Some(
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "isolated by fault injection",
-            )
-                .into_response(),
-        );
-    }
-    let meant_for = headers
+    not_served(groups, meant_for(headers)).map(IntoResponse::into_response)
+}
+
+/// The Raft identity an HTTP message names as its addressee.
+fn meant_for(headers: &HeaderMap) -> Option<NodeId> {
+    headers
         .get(INCARNATION_HEADER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<NodeId>().ok())?;
+        .and_then(|v| v.parse::<NodeId>().ok())
+}
+
+/// Why an authenticated message addressed to `to` is not served here, if it is not.
+fn not_served(groups: &Groups, to: Option<NodeId>) -> Option<Reply> {
+    if groups.transport.is_isolated() {
+        return Some(Reply::Refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "isolated by fault injection".into(),
+        ));
+    }
+    let meant_for = to?;
     (meant_for != groups.id).then(|| {
-        (
-            StatusCode::GONE,
-            format!(
-                "Raft identity {meant_for} is gone from this address (now {}): the node restarted",
-                groups.id
-            ),
-        )
-            .into_response()
+        Reply::Gone(format!(
+            "Raft identity {meant_for} is gone from this address (now {}): the node restarted",
+            groups.id
+        ))
     })
 }
 
@@ -143,7 +213,7 @@ async fn receive_snapshot(
             .inc_by(size);
         Ok(response)
     };
-    answer(installed.await)
+    answer(installed.await).into_response()
 }
 
 async fn dispatch(
@@ -152,44 +222,60 @@ async fn dispatch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) = refusal(&groups, &headers) {
+    if let Some(refused) = unauthenticated(&groups, &headers) {
+        return refused;
+    }
+    handle(&groups, group, &operation, meant_for(&headers), &body)
+        .await
+        .into_response()
+}
+
+/// Serves one Raft message for `group` (from an authenticated peer), addressed to the
+/// identity `to` if it names one.
+pub(crate) async fn handle(
+    groups: &Groups,
+    group: GroupId,
+    operation: &str,
+    to: Option<NodeId>,
+    body: &[u8],
+) -> Reply {
+    if let Some(refused) = not_served(groups, to) {
         return refused;
     }
     let text = |e: &dyn std::fmt::Display| e.to_string();
     // Operations that act on a copy this node must already hold.
-    match operation.as_str() {
+    match operation {
         op::RECONCILE => {
-            return answer(match decode::<ReconcileRequest>(&body) {
-                Ok(request) => membership::reconcile(&groups, group, request).await,
+            return answer(match decode::<ReconcileRequest>(body) {
+                Ok(request) => membership::reconcile(groups, group, request).await,
                 Err(e) => Err(e),
             });
         }
         op::COPY_STATUS => {
             return answer(Ok::<_, String>((
                 groups.id,
-                membership::copy_status(&groups, group),
+                membership::copy_status(groups, group),
             )));
         }
         op::VOTER_REPORT => return answer(Ok::<_, String>(groups.voter_report())),
         op::MAY_LEAVE => {
             return answer(
-                decode::<NodeId>(&body)
-                    .map(|leaving| membership::may_leave(&groups, group, leaving)),
+                decode::<NodeId>(body).map(|leaving| membership::may_leave(groups, group, leaving)),
             );
         }
         op::DROP => {
-            return answer(match decode::<DropRequest>(&body) {
+            return answer(match decode::<DropRequest>(body) {
                 Ok(request) => groups.drop_group(group, request.removed_at).await,
                 Err(e) => Err(e),
             });
         }
         op::WRITE => {
-            return answer(match decode::<Command>(&body) {
+            return answer(match decode::<Command>(body) {
                 Ok(command) => match groups.write(group, command).await {
                     Ok(result) => Ok(WriteOutcome::Applied(result)),
                     Err(WriteRefused::NotLeader(leader)) => Ok(WriteOutcome::NotLeader(leader)),
                     Err(WriteRefused::NotHosted) => Ok(WriteOutcome::NotLeader(None)),
-                    Err(WriteRefused::Unavailable(e)) => Err(e),
+                    Err(WriteRefused::Unavailable(e) | WriteRefused::OutcomeUnknown(e)) => Err(e),
                 },
                 Err(e) => Err(e),
             });
@@ -199,21 +285,26 @@ async fn dispatch(
     // Raft traffic may be the first this node hears of a group it is joining; a copy
     // is created only where the placement puts one (or when told to initialise it),
     // never for stray traffic to a copy this node dropped.
-    let create = operation == op::INITIALIZE || groups.should_host(group);
-    let raft = match groups.get_or_create(group, create).await {
-        Ok(raft) => raft,
-        Err(e) => return (StatusCode::NOT_FOUND, e).into_response(),
+    let raft = match groups.get(group) {
+        Some(raft) => raft,
+        None => {
+            let create = operation == op::INITIALIZE || groups.should_host(group);
+            match groups.get_or_create(group, create).await {
+                Ok(raft) => raft,
+                Err(e) => return Reply::Refused(StatusCode::NOT_FOUND, e),
+            }
+        }
     };
-    match operation.as_str() {
-        op::APPEND => answer(match decode(&body) {
+    match operation {
+        op::APPEND => answer(match decode(body) {
             Ok(rpc) => raft.append_entries(rpc).await.map_err(|e| text(&e)),
             Err(e) => Err(e),
         }),
-        op::VOTE => answer(match decode(&body) {
+        op::VOTE => answer(match decode(body) {
             Ok(rpc) => raft.vote(rpc).await.map_err(|e| text(&e)),
             Err(e) => Err(e),
         }),
-        op::PRE_VOTE => answer(match decode(&body) {
+        op::PRE_VOTE => answer(match decode(body) {
             Ok(rpc) => raft.pre_vote(rpc).await.map_err(|e| text(&e)),
             Err(e) => Err(e),
         }),
@@ -221,21 +312,20 @@ async fn dispatch(
         op::TRANSFER_LEADER if groups.is_stepping_down() => {
             answer::<()>(Err("this node is stopping and takes no leadership".into()))
         }
-        op::TRANSFER_LEADER => answer(match decode(&body) {
+        op::TRANSFER_LEADER => answer(match decode(body) {
             Ok(rpc) => raft.handle_transfer_leader(rpc).await.map_err(|e| text(&e)),
             Err(e) => Err(e),
         }),
-        op::INITIALIZE => answer(match decode::<BTreeMap<NodeId, MemberNode>>(&body) {
+        op::INITIALIZE => answer(match decode::<BTreeMap<NodeId, MemberNode>>(body) {
             Ok(members) => match raft.is_initialized().await {
                 Ok(true) => Ok(()),
                 _ => raft.initialize(members).await.map_err(|e| text(&e)),
             },
             Err(e) => Err(e),
         }),
-        other => (
+        other => Reply::Refused(
             StatusCode::NOT_FOUND,
             format!("no Raft operation {other:?}"),
-        )
-            .into_response(),
+        ),
     }
 }

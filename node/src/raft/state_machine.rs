@@ -7,13 +7,14 @@
 //! snapshot's index, in order, ends in exactly the leader's state.
 
 use std::io;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use futures_util::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StoredMembership};
 
+use super::cluster_state::SharedClusterView;
 use super::snapshot::ChunkWriter;
 use super::{ClusterState, Command, CommandResult, GroupId, SnapshotData, TypeConfig};
 use crate::persist::Disk;
@@ -22,7 +23,7 @@ use crate::store::{Entry, Store};
 /// What a group's state machine applies to.
 #[derive(Clone)]
 pub enum Target {
-    Cluster(Arc<RwLock<Option<ClusterState>>>),
+    Cluster(SharedClusterView),
     Partition {
         partition: dcache_protocol::PartitionId,
         partitions: u32,
@@ -142,9 +143,8 @@ impl GroupStateMachine {
             (Target::Partition { store, .. }, Command::Delete { key }) => CommandResult {
                 existed: store.delete(key),
             },
-            (Target::Cluster(state), Command::Cluster(command)) => {
-                let mut state = state.write().unwrap_or_else(|p| p.into_inner());
-                ClusterState::apply(&mut state, command);
+            (Target::Cluster(view), Command::Cluster(command)) => {
+                view.apply(command);
                 CommandResult::default()
             }
             // Only this node's own code proposes commands, always to the right group; a
@@ -166,9 +166,10 @@ impl GroupStateMachine {
             } => {
                 store.snapshot_partition(*partition, *partitions, &mut out)?;
             }
-            Target::Cluster(state) => {
-                let state = state.read().unwrap_or_else(|p| p.into_inner());
-                serde_json::to_writer(&mut out, &*state).map_err(io::Error::other)?;
+            Target::Cluster(view) => {
+                let view = view.get();
+                let state: Option<&ClusterState> = view.as_deref().map(|view| &view.state);
+                serde_json::to_writer(&mut out, &state).map_err(io::Error::other)?;
             }
         }
         Ok(out.finish())
@@ -184,10 +185,10 @@ impl GroupStateMachine {
                 .restore_partition(*partition, *partitions, data.reader())
                 .map(drop)
                 .map_err(io::Error::other),
-            Target::Cluster(state) => {
+            Target::Cluster(view) => {
                 let restored: Option<ClusterState> =
                     serde_json::from_reader(data.reader()).map_err(io::Error::other)?;
-                *state.write().unwrap_or_else(|p| p.into_inner()) = restored;
+                view.set(restored);
                 Ok(())
             }
         }

@@ -1,10 +1,10 @@
-//! The client side of Raft RPC: every group's messages to a peer go over one pooled
-//! HTTP client, so two nodes share a few long-lived connections whatever the number of
-//! groups between them.
-//!
-//! Wire format: `POST http(s)://{raft_addr}/raft/{group}/{operation}` with a postcard
-//! body and, when the cluster has one, the cluster secret in a header; the answer is a
-//! postcard `Result<Response, String>`.
+//! The client side of Raft RPC: every group's messages to a peer travel on one
+//! long-lived stream per peer, batched (see [`super::stream`] for its wire format);
+//! snapshots stream over HTTP (`POST /raft/{group}/snapshot`, see [`super::snapshot`]),
+//! and so does the identity check (`GET /raft/identity`). Every message carries the
+//! postcard encoding of openraft's request, and its answer a postcard
+//! `Result<Response, String>`; the cluster secret, when the cluster has one, opens
+//! the stream and goes with every HTTP request.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 
 use super::counters::RaftCounters;
 use super::snapshot;
+use super::stream::{self, BoxedStream, Dialer, StreamError, StreamReply, Streams};
 use super::{GroupId, MemberNode, NodeId, SnapshotData, TypeConfig};
 use crate::auth::{CLUSTER_SECRET_HEADER, ClusterSecret};
 use crate::metrics::{Rejection, Rejections};
@@ -100,6 +101,82 @@ pub struct Transport {
     /// a heartbeat overtake the append before it, and the follower would answer with
     /// a conflict for an entry it is about to receive.
     append_order: Arc<Mutex<HashMap<(NodeId, GroupId), AppendTurn>>>,
+    /// The stream to each peer that every group's messages share.
+    streams: Arc<Streams<PeerDialer>>,
+}
+
+/// Opens a stream to a peer's Raft listener: TCP, TLS when the cluster has it, and
+/// the upgrade to the stream protocol with the cluster secret.
+struct PeerDialer {
+    tls: Option<tokio_rustls::TlsConnector>,
+    cluster_secret: Option<Arc<ClusterSecret>>,
+}
+
+impl Dialer for PeerDialer {
+    async fn dial(&self, addr: &str) -> Result<BoxedStream, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let mut stream: BoxedStream = match &self.tls {
+            None => Box::new(tcp),
+            Some(connector) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+                let name = rustls::pki_types::ServerName::try_from(
+                    host.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_owned(),
+                )
+                .map_err(|e| format!("{addr}: not a name TLS can check: {e}"))?;
+                Box::new(
+                    connector
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| format!("TLS with {addr} failed: {e}"))?,
+                )
+            }
+        };
+        let mut head = format!(
+            "GET {} HTTP/1.1\r\nhost: {addr}\r\nconnection: upgrade\r\nupgrade: {}\r\n",
+            stream::PATH,
+            stream::PROTOCOL
+        );
+        if let Some(secret) = &self.cluster_secret {
+            head.push_str(&format!(
+                "{CLUSTER_SECRET_HEADER}: {}\r\n",
+                secret.value().0
+            ));
+        }
+        head.push_str("\r\n");
+        stream
+            .write_all(head.as_bytes())
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        // The answer's head, read byte by byte: nothing after it may be consumed here.
+        let mut answer = Vec::with_capacity(256);
+        while !answer.ends_with(b"\r\n\r\n") {
+            if answer.len() > 16 * 1024 {
+                return Err(format!(
+                    "{addr} sent an endless answer to the stream upgrade"
+                ));
+            }
+            let byte = stream
+                .read_u8()
+                .await
+                .map_err(|e| format!("{addr} closed during the stream upgrade: {e}"))?;
+            answer.push(byte);
+        }
+        let status_line = String::from_utf8_lossy(&answer[..answer.len().min(200)])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        if !status_line.starts_with("HTTP/1.1 101") {
+            return Err(format!("{addr} refused the Raft stream: {status_line}"));
+        }
+        Ok(stream)
+    }
 }
 
 impl Transport {
@@ -115,6 +192,10 @@ impl Transport {
             .pool_max_idle_per_host(32)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2));
+        let stream_tls = security
+            .tls
+            .clone()
+            .map(|tls| tokio_rustls::TlsConnector::from(Arc::new(tls)));
         let scheme = match security.tls {
             Some(tls) => {
                 builder = builder.use_preconfigured_tls(tls);
@@ -128,13 +209,17 @@ impl Transport {
         Self {
             client,
             scheme,
-            cluster_secret: security.cluster_secret,
+            cluster_secret: security.cluster_secret.clone(),
             rejections: security.rejections,
             addresses: Arc::default(),
             isolated: Arc::default(),
             cut_links: Arc::default(),
             counters: RaftCounters::new(),
             append_order: Arc::default(),
+            streams: Arc::new(Streams::new(PeerDialer {
+                tls: stream_tls,
+                cluster_secret: security.cluster_secret,
+            })),
         }
     }
 
@@ -253,10 +338,30 @@ impl Transport {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
+        if self.is_isolated() || self.is_cut_from(addr) {
+            return Err(CallError::Unreachable(
+                addr.into(),
+                "cut off by fault injection".into(),
+            ));
+        }
         let body = postcard::to_stdvec(request)
             .map_err(|e| CallError::Failed(addr.into(), e.to_string()))?;
-        self.send(addr, to, group, operation, body.into(), timeout)
-            .await
+        let reply = self
+            .streams
+            .call(addr, to, group, operation, &body, timeout)
+            .await;
+        match reply {
+            Ok(StreamReply::Answer(bytes)) => {
+                let answer: Result<Resp, String> = postcard::from_bytes(&bytes).map_err(|e| {
+                    CallError::Failed(addr.into(), format!("undecodable answer: {e}"))
+                })?;
+                answer.map_err(|e| CallError::Refused(addr.into(), e))
+            }
+            Ok(StreamReply::Gone(why)) => Err(CallError::Unreachable(addr.into(), why)),
+            Ok(StreamReply::Refused(why)) => Err(CallError::Refused(addr.into(), why)),
+            Err(StreamError::Connect(why)) => Err(CallError::Unreachable(addr.into(), why)),
+            Err(StreamError::Lost(why)) => Err(CallError::Failed(addr.into(), why)),
+        }
     }
 
     /// Posts `body` to a Raft endpoint and decodes the postcard answer.
