@@ -20,15 +20,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$DCACHE" local --nodes 3 --base-port 0 --data-dir "$work/dcache" >"$work/dcache.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 600); do
-  grep -q '^export DCACHE_NODES=' "$work/dcache.log" && break
-  sleep 0.1
-done
-grep -q '^export DCACHE_NODES=' "$work/dcache.log" || { cat "$work/dcache.log" >&2; exit 1; }
-node_pids=$(python3 -c 'import json,sys; print(" ".join(str(n["pid"]) for n in json.load(open(sys.argv[1]))["nodes"]))' \
-  "$work/dcache/local-cluster.json")
+start_dcache_local "$work"
+node_pids=${dcache_node_pids//,/ }
 sleep "$SETTLE"
 
 ticks() {  # utime + stime of PID, in clock ticks

@@ -68,3 +68,22 @@ start_etcd() {
   done
   for i in 0 1 2; do wait_http "http://127.0.0.1:${client_ports[$i]}/health"; done
 }
+
+# Starts a 3-node `dcache local` cluster (release build, default settings) with its
+# data under DIR; appends the runner's pid to the array `pids`, waits until it prints
+# its endpoints and sets `dcache_nodes` (comma-separated API addresses) and
+# `dcache_node_pids` (the node processes, comma-separated). Usage: start_dcache_local DIR
+start_dcache_local() {
+  local dir=$1
+  "$DCACHE" local --nodes 3 --base-port 0 --data-dir "$dir/dcache" >"$dir/dcache.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 600); do
+    grep -q '^export DCACHE_NODES=' "$dir/dcache.log" && break
+    sleep 0.1
+  done
+  dcache_nodes=$(sed -n 's/^export DCACHE_NODES=//p' "$dir/dcache.log")
+  [ -n "$dcache_nodes" ] || { cat "$dir/dcache.log" >&2; return 1; }
+  dcache_node_pids=$(python3 -c 'import json, sys
+print(",".join(str(n["pid"]) for n in json.load(open(sys.argv[1]))["nodes"]))' \
+    "$dir/dcache/local-cluster.json")
+}

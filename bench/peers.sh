@@ -29,14 +29,7 @@ cleanup() {
 trap cleanup EXIT
 
 # dcache: a 3-node local cluster (release build), default settings.
-"$DCACHE" local --nodes 3 --base-port 0 --data-dir "$work/dcache" >"$work/dcache.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 600); do
-  grep -q '^export DCACHE_NODES=' "$work/dcache.log" && break
-  sleep 0.1
-done
-dcache_nodes=$(sed -n 's/^export DCACHE_NODES=//p' "$work/dcache.log")
-[ -n "$dcache_nodes" ] || { cat "$work/dcache.log" >&2; exit 1; }
+start_dcache_local "$work"
 
 # Redis: one server, no persistence (a cache, like dcache).
 redis_port=$(free_port)

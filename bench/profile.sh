@@ -29,31 +29,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$DCACHE" local --nodes 3 --base-port 0 --data-dir "$work/dcache" >"$work/dcache.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 600); do
-  grep -q '^export DCACHE_NODES=' "$work/dcache.log" && break
-  sleep 0.1
-done
-nodes=$(sed -n 's/^export DCACHE_NODES=//p' "$work/dcache.log")
-[ -n "$nodes" ] || { cat "$work/dcache.log" >&2; exit 1; }
-node_pids=$(python3 -c 'import json,sys; print(",".join(str(n["pid"]) for n in json.load(open(sys.argv[1]))["nodes"]))' \
-  "$work/dcache/local-cluster.json")
+start_dcache_local "$work"
 
-"$DCACHE" --nodes "$nodes" bench -c "$CONNECTIONS" -n 1 --value-size 100 \
+"$DCACHE" --nodes "$dcache_nodes" bench -c "$CONNECTIONS" -n 1 --value-size 100 \
   --keyspace "$KEYSPACE" --preload --json >/dev/null 2>&1
 
 # profile PHASE RATIO: load for PHASE_SECONDS + 2 s, sampled for PHASE_SECONDS after the
 # first second; prints the load generator's JSON report on one line.
 profile() {
   local phase=$1 ratio=$2
-  "$DCACHE" --nodes "$nodes" bench -c "$CONNECTIONS" -d "$((PHASE_SECONDS + 2))s" \
+  "$DCACHE" --nodes "$dcache_nodes" bench -c "$CONNECTIONS" -d "$((PHASE_SECONDS + 2))s" \
     --value-size 100 --keyspace "$KEYSPACE" --ratio "$ratio" --json \
     >"$work/$phase.json" 2>/dev/null &
   local bench_pid=$!
   sleep 1
   perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 \
-    -p "$node_pids,$bench_pid" -o "$work/$phase.data" -- sleep "$PHASE_SECONDS" \
+    -p "$dcache_node_pids,$bench_pid" -o "$work/$phase.data" -- sleep "$PHASE_SECONDS" \
     >/dev/null 2>&1
   wait "$bench_pid"
   echo "$bench_pid" >"$work/$phase.client-pid"
@@ -112,7 +103,7 @@ print(f"## {sys.argv[2]}: {ops.get('ops_per_sec', 0):,.0f} ops/s, "
       f"p99 {ops.get('latency_ms', {}).get('p99', 0):.2f} ms")
 PY
     for who in nodes client; do
-      if [ "$who" = nodes ]; then list=$node_pids; else list=$client; fi
+      if [ "$who" = nodes ]; then list=$dcache_node_pids; else list=$client; fi
       echo
       echo "### $phase, $who: top $TOP frames by inclusive time"
       echo
