@@ -100,7 +100,8 @@ impl Cluster {
 
         let placement = self.placement_keeping_leaders(&state);
         let desired = desired_groups(&state, &placement);
-        let requests = self.plan_moves(&desired);
+        let live: BTreeSet<NodeId> = state.members_and_leaving().map(|m| m.raft_id).collect();
+        let requests = self.plan_moves(&desired, &live);
         let state_ref = &state;
         let outcomes = join_all(requests.into_iter().map(|(group, request)| async move {
             let outcome = self.reconcile(group, state_ref, request).await;
@@ -269,10 +270,14 @@ impl Cluster {
     }
 
     /// Decides which groups may start a move this round: at most
-    /// `max_moves_per_node` groups moving replicas onto any one node.
+    /// `max_moves_per_node` groups moving replicas onto any one node, except repairs:
+    /// a group that still counts a voter who is gone (a member that restarted without
+    /// its state, under a new identity) takes its replacement at once, since it is one
+    /// failure from losing its majority and the data must reach that node anyway.
     fn plan_moves(
         &self,
         desired: &BTreeMap<GroupId, ReconcileRequest>,
+        live: &BTreeSet<NodeId>,
     ) -> Vec<(GroupId, ReconcileRequest)> {
         let mut balancer = self.balancer();
         let now = Instant::now();
@@ -311,6 +316,14 @@ impl Cluster {
                     request.preferred_leader = None;
                 }
                 let nodes = incoming(group, &request);
+                let repair = balancer
+                    .voters
+                    .get(group)
+                    .is_some_and(|voters| voters.iter().any(|id| !live.contains(id)));
+                if repair {
+                    request.may_start = true;
+                    return (*group, request);
+                }
                 request.may_start = balancer.moving.contains(group)
                     || nodes
                         .iter()

@@ -136,8 +136,16 @@ impl<D: Dialer> Streams<D> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = request_frame(id, group, to, operation, body);
         let (answered, answer) = oneshot::channel();
-        let waiting = self.enqueue(addr, id, frame, answered).await?;
-        match tokio::time::timeout(timeout, answer).await {
+        // The whole call, opening the stream included, is bounded by `timeout`: calls
+        // queued behind the opening of a stream to an unreachable peer fail in time.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (waiting, broken) =
+            tokio::time::timeout_at(deadline, self.enqueue(addr, id, frame, answered))
+                .await
+                .map_err(|_| {
+                    StreamError::Connect(format!("opening a stream to {addr} timed out"))
+                })??;
+        match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(StreamError::Lost(format!(
                 "the stream to {addr} broke before the answer"
@@ -147,6 +155,10 @@ impl<D: Dialer> Streams<D> {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&id);
+                // A peer that stopped answering may be behind a connection the network
+                // silently dropped: the next message opens a fresh stream, while
+                // answers still in flight on this one are delivered.
+                broken.store(true, Ordering::Relaxed);
                 Err(StreamError::Lost(format!(
                     "no answer from {addr} within {timeout:?}"
                 )))
@@ -161,7 +173,7 @@ impl<D: Dialer> Streams<D> {
         id: u64,
         frame: Bytes,
         answered: oneshot::Sender<StreamReply>,
-    ) -> Result<Waiting, StreamError> {
+    ) -> Result<(Waiting, Arc<std::sync::atomic::AtomicBool>), StreamError> {
         let slot = self
             .peers
             .lock()
@@ -186,7 +198,7 @@ impl<D: Dialer> Streams<D> {
         if connection.queue.send(frame).is_err() {
             return Err(StreamError::Connect(format!("the stream to {addr} closed")));
         }
-        Ok(connection.waiting.clone())
+        Ok((connection.waiting.clone(), connection.broken.clone()))
     }
 }
 
