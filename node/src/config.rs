@@ -75,10 +75,12 @@ pub struct NodeConfig {
     pub raft_snapshot_entries: u64,
 
     /// How a partition leader makes sure it still leads before a linearizable read:
-    /// `read-index` confirms with a quorum (one heartbeat round, shared by the reads
-    /// waiting at that moment; safe whatever the clocks do) or `lease` trusts its
-    /// lease (no round trip; wrong if a clock jumps). `make bench-reads` compares them.
-    #[arg(long, env = "DCACHE_READ_POLICY", value_enum, default_value_t = ReadPolicy::ReadIndex)]
+    /// `lease` answers at once while a quorum acknowledged it within 9/10 of the
+    /// election timeout (followers refuse to elect anyone else for twice that long),
+    /// and otherwise confirms with a quorum first; `read-index` always confirms with a
+    /// quorum (one heartbeat round, shared by the reads waiting at that moment; safe
+    /// whatever the clocks do). `make bench-reads` compares them.
+    #[arg(long, env = "DCACHE_READ_POLICY", value_enum, default_value_t = ReadPolicy::Lease)]
     pub read_policy: ReadPolicy,
 
     /// Serve POST /admin/fault, which cuts this node off from its peers (for
@@ -230,11 +232,20 @@ pub enum ReadPolicy {
     Lease,
 }
 
-impl From<ReadPolicy> for openraft::ReadPolicy {
-    fn from(policy: ReadPolicy) -> Self {
-        match policy {
-            ReadPolicy::ReadIndex => Self::ReadIndex,
-            ReadPolicy::Lease => Self::LeaseRead,
+impl ReadPolicy {
+    /// How long a partition leader trusts a quorum's last acknowledgement for a
+    /// linearizable read, or `None` for read-index (a quorum round per read batch).
+    ///
+    /// The lease is bounded as TiKV bounds its own: shorter than the election timeout
+    /// by a drift margin, on the monotonic clock. openraft's followers grant no vote
+    /// for `election_timeout_max` (twice the minimum here) after they last heard from
+    /// their leader, counted from when they received it, while the leader counts from
+    /// when it sent what they acknowledged; a lease of 9/10 of the minimum leaves more
+    /// than half of that as margin for clocks that run at different rates.
+    pub fn lease(self, election_timeout_min: Duration) -> Option<Duration> {
+        match self {
+            ReadPolicy::ReadIndex => None,
+            ReadPolicy::Lease => Some(election_timeout_min * 9 / 10),
         }
     }
 }

@@ -144,7 +144,14 @@ pub fn build_node(
         store,
         config.partitions,
     );
-    groups.read_policy = config.read_policy.into();
+    groups.lease = config.read_policy.lease(config.raft_election_timeout);
+    if groups.lease.is_some() && disk.is_some() {
+        // Restarted with its votes but not with the leases it granted: until those
+        // have run out, a vote from this node could elect a leader while the old one
+        // still serves reads on its lease.
+        groups.grants_votes_from =
+            Some(std::time::Instant::now() + config.raft_election_timeout * 2);
+    }
     groups.disk = disk;
     let groups = Arc::new(groups);
     let cluster = Cluster::new(

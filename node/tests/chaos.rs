@@ -380,15 +380,16 @@ impl Workload {
 }
 
 /// Runs faults drawn from `seed` for `chaos_for`, each healed (every node ready) before
-/// the next, under 4 writers and 2 readers; then checks every answer.
-async fn run_chaos(seed: u64, chaos_for: Duration) {
+/// the next, under 4 writers and 2 readers, on nodes started with `node_args`; then
+/// checks every answer.
+async fn run_chaos(seed: u64, chaos_for: Duration, node_args: &[&str]) {
     eprintln!("chaos: seed {seed} (DCACHE_CHAOS_SEED={seed} replays the schedule)");
     let mut rng = StdRng::seed_from_u64(seed);
     // Rolling restarts are drawn from a stream of their own, so that a seed recorded
     // before they existed still replays the same kills, isolations and cuts (with
     // rolling restarts between some of them).
     let mut rolling = StdRng::seed_from_u64(seed ^ 0x005e_ed0f_7011);
-    let mut cluster = TestCluster::start_with(NODES, PARTITIONS).await;
+    let mut cluster = TestCluster::start_configured(NODES, PARTITIONS, node_args).await;
     let workload = Workload::start(&cluster, WRITERS, READERS, seed);
 
     let started = Instant::now();
@@ -438,7 +439,8 @@ async fn no_acknowledged_write_is_lost_or_read_stale_under_kills_and_cut_links()
     let _alone = ONE_AT_A_TIME.lock().await;
     let chaos_for = Duration::from_secs(seconds_from_env("DCACHE_CHAOS_SECONDS", 40));
     let seed = seconds_from_env("DCACHE_CHAOS_SEED", rand::random());
-    run_chaos(seed, chaos_for).await;
+    // The default read policy (a bounded lease): its reads are checked here.
+    run_chaos(seed, chaos_for, &[]).await;
 }
 
 /// The schedule that lost partitions while a restarted node reported ready as soon as
@@ -447,11 +449,17 @@ async fn no_acknowledged_write_is_lost_or_read_stale_under_kills_and_cut_links()
 /// and the partition, still needing that incarnation for its old majority, was lost
 /// (six violations in its first minute, in one of two runs before readiness waited
 /// for a committed, single configuration; [`rolling_restarts_lose_nothing`] caught the
-/// same loss in its first two rounds).
+/// same loss in its first two rounds). Its reads go through read-index, so that both
+/// read policies face the history checker in every run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replays_the_schedule_that_once_lost_partitions() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    run_chaos(9_505_093_388_617_600_977, Duration::from_secs(60)).await;
+    run_chaos(
+        9_505_093_388_617_600_977,
+        Duration::from_secs(60),
+        &["--read-policy", "read-index"],
+    )
+    .await;
 }
 
 /// What Kubernetes does in a rolling update of a memory-only cluster: every node

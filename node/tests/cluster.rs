@@ -349,3 +349,91 @@ async fn a_write_past_its_callers_deadline_is_refused_unapplied() {
         );
     }
 }
+
+/// The lease never outlives the leadership: a partition leader that served reads on
+/// its lease is cut off, the majority elects another leader and acknowledges a newer
+/// value, and a linearizable read through the cut-off leader then never answers with
+/// the old value (its lease ran out before the others could elect anyone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_leader_serves_no_read_on_its_lease_once_another_leads() {
+    let cluster = TestCluster::start(3).await;
+    let partition = 0;
+    let old_leader = loop {
+        if let Some(leader) = leader_of(&cluster, 0, partition).await {
+            break leader;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let leader = cluster
+        .nodes
+        .iter()
+        .position(|n| n.name == old_leader)
+        .unwrap();
+    let key = (0..)
+        .map(|i| format!("leased-{i}"))
+        .find(|key| {
+            dcache_protocol::partition_of(key.as_bytes(), common::PARTITIONS) == partition as u32
+        })
+        .unwrap();
+    cluster
+        .set_until_acknowledged(&[leader], &key, &json!(1), Duration::from_secs(30))
+        .await;
+    let lease_reads = async |cluster: &TestCluster| {
+        let mut sum = 0.0;
+        for node in 0..3 {
+            sum += cluster.metric(node, "dcache_raft_lease_reads_total").await;
+        }
+        sum
+    };
+    let before = lease_reads(&cluster).await;
+    for _ in 0..20 {
+        let value = cluster
+            .get_settled(leader, &key, "linearizable", Duration::from_secs(30))
+            .await;
+        assert_eq!(value, Some(json!(1)));
+    }
+    assert!(
+        lease_reads(&cluster).await >= before + 1.0,
+        "the leader answered reads on its lease"
+    );
+
+    cluster.isolate(leader, true).await;
+    let majority: Vec<usize> = (0..3).filter(|n| *n != leader).collect();
+    cluster
+        .set_until_acknowledged(&majority, &key, &json!(2), Duration::from_secs(30))
+        .await;
+    // Each of these waits up to a lease for a quorum that never answers.
+    for _ in 0..3 {
+        let read = cluster.get(leader, &key, "linearizable").await;
+        assert!(
+            read.as_ref().is_err() || read == Ok(Some(json!(2))),
+            "the cut-off leader answered {read:?} after the majority acknowledged 2"
+        );
+    }
+    cluster.isolate(leader, false).await;
+}
+
+/// With `--read-policy read-index` every linearizable read waits for a quorum round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_index_policy_confirms_every_read_with_a_quorum() {
+    let cluster =
+        TestCluster::start_configured(3, common::PARTITIONS, &["--read-policy", "read-index"])
+            .await;
+    cluster
+        .set_until_acknowledged(&[0], "confirmed", &json!(7), Duration::from_secs(30))
+        .await;
+    let value = cluster
+        .get_settled(0, "confirmed", "linearizable", Duration::from_secs(30))
+        .await;
+    assert_eq!(value, Some(json!(7)));
+    let mut lease = 0.0;
+    let mut read_index = 0.0;
+    for node in 0..3 {
+        lease += cluster.metric(node, "dcache_raft_lease_reads_total").await;
+        read_index += cluster
+            .metric(node, "dcache_raft_read_index_reads_total")
+            .await;
+    }
+    assert_eq!(lease, 0.0, "no read was answered on a lease");
+    assert!(read_index >= 1.0, "the read waited for a quorum round");
+}

@@ -22,6 +22,11 @@ pub struct RaftCounters {
     pub membership_changes: IntCounter,
     pub snapshot_bytes_sent: IntCounter,
     pub snapshot_bytes_received: IntCounter,
+    /// Linearizable reads a leader answered on its lease, without a quorum round.
+    pub lease_reads: IntCounter,
+    /// Linearizable reads that waited for a read-index round (read-index policy, or a
+    /// lease that had run out).
+    pub read_index_reads: IntCounter,
 }
 
 impl RaftCounters {
@@ -48,16 +53,26 @@ impl RaftCounters {
                 "dcache_raft_snapshot_received_bytes_total",
                 "Snapshot bytes received and installed.",
             ),
+            lease_reads: counter(
+                "dcache_raft_lease_reads_total",
+                "Linearizable reads answered by a partition leader on its lease.",
+            ),
+            read_index_reads: counter(
+                "dcache_raft_read_index_reads_total",
+                "Linearizable reads that waited for a quorum to confirm the leadership.",
+            ),
         }
     }
 
-    pub fn all(&self) -> [&IntCounter; 5] {
+    pub fn all(&self) -> [&IntCounter; 7] {
         [
             &self.elections,
             &self.leaderships_won,
             &self.membership_changes,
             &self.snapshot_bytes_sent,
             &self.snapshot_bytes_received,
+            &self.lease_reads,
+            &self.read_index_reads,
         ]
     }
 

@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
@@ -44,8 +45,15 @@ pub struct Groups {
     pub me: MemberNode,
     pub transport: Transport,
     pub partitions: u32,
-    /// How a leader confirms its leadership before a linearizable read.
-    pub read_policy: openraft::ReadPolicy,
+    /// How long a leader serves linearizable reads on a quorum's last acknowledgement
+    /// (see `ReadPolicy::lease`); `None`: a read-index round for every batch of reads.
+    pub lease: Option<Duration>,
+    /// A node restarted from its disk grants no vote before this instant (see
+    /// [`Self::withholds_votes`]).
+    pub grants_votes_from: Option<Instant>,
+    /// The term in which this node last handed a group's leadership over: the new
+    /// leader may be elected at once, lease or not, so no lease read in that term.
+    handed_over_in_term: Mutex<HashMap<GroupId, u64>>,
     config: Arc<openraft::Config>,
     store: Store,
     cluster: SharedClusterView,
@@ -74,7 +82,9 @@ impl Groups {
             me,
             transport,
             partitions,
-            read_policy: openraft::ReadPolicy::ReadIndex,
+            lease: None,
+            grants_votes_from: None,
+            handed_over_in_term: Mutex::default(),
             config,
             store,
             cluster: SharedClusterView::default(),
@@ -201,17 +211,94 @@ impl Groups {
         }
     }
 
-    /// Waits until a read on this node reflects every write committed before the call
-    /// (by [`Self::read_policy`]), if this node leads `group`.
+    /// Waits until a read on this node reflects every write committed before the call,
+    /// if this node leads `group`: at once while its lease holds, else after a quorum
+    /// confirmed its leadership (read-index).
     pub async fn linearize(&self, group: GroupId) -> Result<(), WriteRefused> {
         let raft = self.get(group).ok_or(WriteRefused::NotHosted)?;
-        match raft.ensure_linearizable(self.read_policy.clone()).await {
+        if self.lease_holds(group, &raft) {
+            self.transport.counters.lease_reads.inc();
+            return Ok(());
+        }
+        self.transport.counters.read_index_reads.inc();
+        let linearizer = match self.lease {
+            Some(lease) => openraft::LinearizerOption::new(Some(lease), true),
+            None => openraft::ReadPolicy::ReadIndex.into(),
+        };
+        match raft.ensure_linearizable(linearizer).await {
             Ok(_) => Ok(()),
             Err(error) => match error.forward_to_leader() {
                 Some(forward) => Err(WriteRefused::NotLeader(forward.leader_node.clone())),
                 None => Err(WriteRefused::Unavailable(error.to_string())),
             },
         }
+    }
+
+    /// Whether this node may answer a linearizable read of `group` from its state
+    /// machine as it is, without asking the group's core: it leads the group in a
+    /// term in which it handed nothing over, a quorum acknowledged it less than the
+    /// lease ago (so no other leader can have been elected since), and it has applied
+    /// an entry of its own term (so everything committed before its term is applied;
+    /// what it committed itself was applied before it was acknowledged).
+    fn lease_holds(&self, group: GroupId, raft: &GroupRaft) -> bool {
+        let Some(lease) = self.lease else {
+            return false;
+        };
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let term = metrics.current_term;
+        let leading = metrics.state == openraft::ServerState::Leader
+            && metrics.current_leader == Some(self.id)
+            && metrics.vote.is_committed();
+        let applied_own_term = metrics
+            .last_applied
+            .is_some_and(|applied| applied.committed_leader_id().term == term);
+        let acknowledged = metrics
+            .last_quorum_acked
+            .is_some_and(|at| openraft::Instant::elapsed(&*at) < lease);
+        leading
+            && applied_own_term
+            && acknowledged
+            && self
+                .handed_over_in(group)
+                .is_none_or(|handed| handed < term)
+    }
+
+    fn handed_over_in(&self, group: GroupId) -> Option<u64> {
+        self.handed_over_in_term
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+            .copied()
+    }
+
+    /// Hands `group`'s leadership to `to`. The lease fast path is closed for the
+    /// current term first: a leadership transfer lets `to` be elected while the
+    /// voters' leases still stand.
+    pub async fn hand_over(
+        &self,
+        group: GroupId,
+        raft: &GroupRaft,
+        to: NodeId,
+    ) -> Result<(), String> {
+        let term = raft.metrics().borrow_watched().current_term;
+        self.handed_over_in_term
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group, term);
+        raft.trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Whether this node still withholds its votes: restarted from its disk less than
+    /// an election timeout (the longest lease a follower grants) ago, it may have
+    /// acknowledged a leader just before it stopped, and that leader may still serve
+    /// reads on its lease.
+    pub fn withholds_votes(&self) -> bool {
+        self.grants_votes_from
+            .is_some_and(|from| Instant::now() < from)
     }
 
     /// Stops and forgets `group` and clears its partition's data, unless this node
@@ -391,7 +478,7 @@ impl Groups {
                     .find(|id| *id != self.id && can_take_over(&metrics, *id));
                 if let Some(successor) = successor {
                     info!(group, to = successor, "stopping: handing leadership over");
-                    let _ = raft.trigger().transfer_leader(successor).await;
+                    let _ = self.hand_over(group, &raft, successor).await;
                 }
             }
             if still_led == 0 || tokio::time::Instant::now() >= deadline {

@@ -186,10 +186,7 @@ pub async fn reconcile(
                         to = successor,
                         "leaving the group: handing leadership over first"
                     );
-                    raft.trigger()
-                        .transfer_leader(successor)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    groups.hand_over(group, &raft, successor).await?;
                 }
                 None => {
                     // No staying member votes yet: let the newcomers vote beside this node
@@ -254,10 +251,7 @@ pub async fn reconcile(
         && can_take_over(&metrics, preferred)
     {
         info!(group, to = preferred, "transferring leadership");
-        raft.trigger()
-            .transfer_leader(preferred)
-            .await
-            .map_err(|e| e.to_string())?;
+        groups.hand_over(group, &raft, preferred).await?;
         return Ok(ReconcileOutcome::Moving {
             voters: voter_list(),
         });

@@ -296,6 +296,9 @@ pub(crate) async fn handle(
         }
     };
     match operation {
+        op::VOTE | op::PRE_VOTE if groups.withholds_votes() => answer::<()>(Err(
+            "this node restarted within its peers' leader lease and grants no vote yet".into(),
+        )),
         op::APPEND => answer(match decode(body) {
             Ok(rpc) => raft.append_entries(rpc).await.map_err(|e| text(&e)),
             Err(e) => Err(e),
