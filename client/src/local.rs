@@ -589,6 +589,20 @@ async fn wait_drained(client: &Client, name: &str, deadline: Instant) -> anyhow:
     }
 }
 
+/// The nodes of a local cluster share one machine: each gets its share of the cores
+/// for its Raft runtime and its HTTP workers (at least one of each), unless the
+/// node flags say otherwise. A node with a thread per core of the whole machine would
+/// spend its time waking threads that the other nodes' threads have to wait for.
+fn thread_args(options: &LocalOptions) -> Vec<String> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let share = (cores / options.nodes.max(1)).max(1).to_string();
+    ["--worker-threads", "--http-workers"]
+        .into_iter()
+        .filter(|flag| !options.node_args.iter().any(|arg| arg.starts_with(flag)))
+        .flat_map(|flag| [flag.to_owned(), share.clone()])
+        .collect()
+}
+
 /// Starts node `node-{index}`; its addresses are filled in once it logs them.
 fn spawn_node(
     options: &LocalOptions,
@@ -628,6 +642,7 @@ fn spawn_node(
             &options.max_moves_per_node.to_string(),
         ])
         .args(["--shutdown-timeout", "2s", "--log-format", "text"])
+        .args(thread_args(options))
         .args(&options.node_args)
         .env("NO_COLOR", "1")
         // openraft logs every vote and heartbeat failure at info/warn; a busy laptop

@@ -138,6 +138,11 @@ pub struct NodeConfig {
     #[arg(long, env = "DCACHE_HTTP_WORKERS", default_value_t = 0)]
     pub http_workers: usize,
 
+    /// Threads running the Raft groups, replication and the cluster's housekeeping;
+    /// 0 means one per core. Nodes sharing a machine (`dcache local`) split its cores.
+    #[arg(long, env = "DCACHE_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+
     /// API token files (comma-separated or repeated): one token per line,
     /// `<token> <scope>[,<scope>...]` with scopes read, write, admin. Setting it turns
     /// authentication on: every route but /health, /ready (and /metrics unless

@@ -14,10 +14,21 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = NodeConfig::parse();
     init_logging(config.log_format);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    runtime
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run(config))
+}
+
+async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let listening = Listening::from_config(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
