@@ -9,7 +9,7 @@ NODE_PORT ?= 7000
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 IMAGE ?= dcache/dcache:$(VERSION)
 
-.PHONY: run node local demo test lint fmt build release crds manifests image image-name fuzz chaos rolling profile bench bench-node bench-reads bench-peers bench-persistence bench-memory bench-eviction clean
+.PHONY: run node local demo test lint fmt build release crds manifests image image-name fuzz chaos rolling profile bench bench-node bench-reads bench-peers bench-persistence bench-recovery bench-memory bench-eviction clean
 
 ## run: build, start a 3-node local cluster and play every demo scenario on it
 run: demo
@@ -93,7 +93,7 @@ profile: release
 	bash bench/profile.sh
 
 ## bench: every benchmark program; figures go to bench/results/
-bench: bench-eviction bench-memory bench-node bench-reads bench-peers bench-persistence
+bench: bench-eviction bench-memory bench-node bench-reads bench-peers bench-persistence bench-recovery
 
 ## bench-node: wrk against one node and against a trivial nginx (the HTTP ceiling)
 bench-node: release
@@ -113,6 +113,11 @@ bench-peers: release
 ## --fsync interval:10, vs a 3-member etcd, data on disk; the interval's loss window
 bench-persistence: release
 	bash bench/persistence.sh
+
+## bench-recovery: a node of a 3-node cluster holding 100 MB killed and restarted empty;
+## time until it is ready with every partition caught up
+bench-recovery: release
+	bash bench/recovery.sh
 
 ## bench-memory: 1 GiB of distinct 1 KiB values into a 64 MiB budget; RSS measured
 bench-memory: release
