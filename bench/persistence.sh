@@ -29,6 +29,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The three nodes share the machine: each gets its share of the cores, as in
+# `dcache local`.
+threads=$(( $(nproc) / 3 > 0 ? $(nproc) / 3 : 1 ))
+
 # start_dcache NAME FSYNC: a 3-node cluster, memory-only if FSYNC is `none`; sets
 # dcache_nodes (comma-separated API addresses) and system_pids.
 start_dcache() {
@@ -42,6 +46,7 @@ start_dcache() {
     fi
     RUST_LOG=error,dcache_node=info NO_COLOR=1 "$NODE" --listen "127.0.0.1:$api" \
       --raft-listen "127.0.0.1:$raft" --node-id "$name-$i" "${persistence[@]}" \
+      --worker-threads "$threads" --http-workers "$threads" \
       >"$work/$name-$i.log" 2>&1 &
     pids+=($!) system_pids+=($!)
     members+="${members:+,}{\"name\":\"$name-$i\",\"api_addr\":\"127.0.0.1:$api\",\"raft_addr\":\"127.0.0.1:$raft\"}"

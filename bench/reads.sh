@@ -30,6 +30,10 @@ trap 'stop_cluster; rm -rf "$work"' EXIT
 
 value=$(head -c 100 /dev/zero | tr '\0' 'v')
 
+# The three nodes share the machine: each gets its share of the cores, as in
+# `dcache local`.
+threads=$(( $(nproc) / 3 > 0 ? $(nproc) / 3 : 1 ))
+
 # Starts a 3-node cluster of one partition with --read-policy $1 and prints the API
 # address of that partition's leader.
 start_cluster() {
@@ -37,7 +41,8 @@ start_cluster() {
   for i in 0 1 2; do
     api=$(free_port); raft=$(free_port)
     "$NODE" --listen "127.0.0.1:$api" --raft-listen "127.0.0.1:$raft" --node-id "node-$i" \
-      --partitions 1 --read-policy "$policy" --max-memory 256MiB >"$work/node-$policy-$i.log" 2>&1 &
+      --partitions 1 --read-policy "$policy" --max-memory 256MiB \
+      --worker-threads "$threads" --http-workers "$threads" >"$work/node-$policy-$i.log" 2>&1 &
     echo $! >>"$work/pids"
     wait_http "http://127.0.0.1:$api/health"
     members+="${members:+,}{\"name\":\"node-$i\",\"api_addr\":\"127.0.0.1:$api\",\"raft_addr\":\"127.0.0.1:$raft\"}"

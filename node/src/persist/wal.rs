@@ -505,6 +505,7 @@ impl Wal {
         sync: bool,
         update: impl FnOnce(&mut State),
     ) {
+        let someone_waits = waiter.is_some() || sync;
         let mut state = self.state();
         if let Some(failed) = &state.failed {
             let failed = Err(format!("the write-ahead log failed earlier: {failed}"));
@@ -528,7 +529,12 @@ impl Wal {
             self.roll(&mut state);
         }
         drop(state);
-        self.shared.wake.notify_one();
+        // A record no one waits for (a commit index, a truncation, a purge) goes with
+        // the next batch someone waits for: waking the flusher thread for it alone
+        // would cost a wake-up per commit on every node.
+        if someone_waits {
+            self.shared.wake.notify_one();
+        }
     }
 
     fn roll(&self, state: &mut State) {
