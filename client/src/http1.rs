@@ -27,7 +27,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use reqwest::{Method, StatusCode};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -384,6 +384,14 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// How writing a request ended.
+enum Sent {
+    All,
+    /// The node started answering before the request was all written.
+    Answered,
+    Failed(io::Error),
+}
+
 /// How a response body is delimited.
 enum Framing {
     Length(usize),
@@ -440,15 +448,73 @@ impl Connection {
         default_headers: &[u8],
     ) -> Result<(Response, bool), Failure> {
         encode(&mut self.write, request, host, default_headers);
-        let written = async {
-            self.stream.write_all(&self.write).await?;
-            self.stream.flush().await
-        };
-        written.await.map_err(|e| Failure {
-            error: Error::Write(e),
-            before_response: true,
-        })?;
-        self.read_response(request.method).await
+        match self.write_request().await {
+            Sent::All => self.read_response(request.method).await,
+            // The node answered before it read the whole request (a value over its
+            // limit): it closes the connection after the answer.
+            Sent::Answered => {
+                let (response, _) = self.read_response(request.method).await?;
+                Ok((response, false))
+            }
+            // The node may have answered and closed: its answer, if it can be read,
+            // says more than the failed write.
+            Sent::Failed(e) => match self.read_response(request.method).await {
+                Ok((response, _)) => Ok((response, false)),
+                Err(failure) if failure.before_response => Err(Failure {
+                    error: Error::Write(e),
+                    before_response: true,
+                }),
+                Err(failure) => Err(failure),
+            },
+        }
+    }
+
+    /// Writes the encoded request. A request too large to go out at once is written
+    /// while watching for an early answer, as the node answers a value over its limit
+    /// without reading it and then closes the connection.
+    async fn write_request(&mut self) -> Sent {
+        let Self {
+            stream,
+            read,
+            write,
+        } = self;
+        let mut written = 0;
+        std::future::poll_fn(|cx| {
+            loop {
+                let progress = if written < write.len() {
+                    match Pin::new(&mut *stream).poll_write(cx, &write[written..]) {
+                        Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Poll::Ready(Ok(n)) => {
+                            written += n;
+                            continue;
+                        }
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                        Poll::Pending => Poll::Pending,
+                    }
+                } else {
+                    Pin::new(&mut *stream).poll_flush(cx)
+                };
+                match progress {
+                    Poll::Ready(Ok(())) => return Poll::Ready(Sent::All),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Sent::Failed(e)),
+                    Poll::Pending => break,
+                }
+            }
+            let mut scratch = [0u8; 2048];
+            let mut early = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut *stream).poll_read(cx, &mut early) {
+                Poll::Ready(Ok(())) if early.filled().is_empty() => Poll::Ready(Sent::Failed(
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "the connection was closed"),
+                )),
+                Poll::Ready(Ok(())) => {
+                    read.extend_from_slice(early.filled());
+                    Poll::Ready(Sent::Answered)
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Sent::Failed(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// Reads more of the response into `read`; the connection ending is an error.
@@ -1035,6 +1101,46 @@ mod tests {
             assert_eq!(pool.idle_count(&addr), 1);
             tokio::time::sleep(Duration::from_millis(10)).await;
             assert_eq!(accepted.load(Ordering::SeqCst), round);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_whole_request_was_written_is_read() {
+        // The node refuses a body over its limit unread, then closes the connection
+        // (resetting it, with the body unread) or keeps it open a while.
+        for close in [false, true] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            tokio::spawn(async move {
+                let (stream, _) = listener.accept().await.unwrap();
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                while line != "\r\n" {
+                    line.clear();
+                    reader.read_line(&mut line).await.unwrap();
+                }
+                let refusal = b"HTTP/1.1 413 Payload Too Large\r\nconnection: close\r\n\
+                                content-length: 9\r\n\r\ntoo large";
+                reader.get_mut().write_all(refusal).await.unwrap();
+                if !close {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+            let pool = pool();
+            let body = vec![0u8; 64 << 20];
+            let request = Request {
+                method: &Method::PUT,
+                target: "/cache/big",
+                headers: &[("content-type", "application/octet-stream")],
+                body: &body,
+            };
+            let response = pool
+                .send(&addr, &request, Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+            assert_eq!(response.into_body(), Bytes::from_static(b"too large"));
+            assert_eq!(pool.idle_count(&addr), 0);
         }
     }
 
