@@ -19,6 +19,7 @@ use std::fmt;
 use std::io::{self, Write as _};
 use std::ops::Range;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -63,6 +64,10 @@ pub(crate) struct Pool {
     hosts: RwLock<HashMap<String, Arc<IdleList>>>,
     options: PoolOptions,
     tls: Option<TlsConnector>,
+    created: Instant,
+    /// When (ms after `created`) the idle connections of every node were last
+    /// checked for expiry, so that those of a node no longer asked get closed too.
+    swept_at_ms: AtomicU64,
 }
 
 /// The idle connections to one node, oldest first.
@@ -165,6 +170,8 @@ impl Pool {
             hosts: RwLock::new(HashMap::new()),
             tls: options.tls.clone().map(TlsConnector::from),
             options,
+            created: Instant::now(),
+            swept_at_ms: AtomicU64::new(0),
         }
     }
 
@@ -186,6 +193,7 @@ impl Pool {
     }
 
     async fn send_untimed(&self, addr: &str, request: &Request<'_>) -> Result<Response, Error> {
+        self.sweep_if_due();
         let idle = self.idle_list(addr);
         let may_resend = matches!(*request.method, Method::GET | Method::HEAD);
         if let Some(mut connection) = idle.checkout(self.options.idle_timeout) {
@@ -214,6 +222,32 @@ impl Pool {
             idle.checkin(connection, self.options.max_idle_per_host);
         }
         Ok(response)
+    }
+
+    /// Closes the expired idle connections of every node, at most once per idle
+    /// timeout.
+    fn sweep_if_due(&self) {
+        let now_ms = self.created.elapsed().as_millis() as u64;
+        let last = self.swept_at_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < self.options.idle_timeout.as_millis() as u64
+            || self
+                .swept_at_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let lists: Vec<_> = self
+            .hosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for list in lists {
+            let expired = list.take_expired(self.options.idle_timeout);
+            drop(expired);
+        }
     }
 
     fn idle_list(&self, addr: &str) -> Arc<IdleList> {
@@ -309,12 +343,7 @@ impl IdleList {
         loop {
             let (connection, expired) = {
                 let mut list = self.0.lock().unwrap_or_else(|p| p.into_inner());
-                let now = Instant::now();
-                // Oldest first: the expired ones are a prefix.
-                let fresh = list.partition_point(|(_, since)| {
-                    now.saturating_duration_since(*since) > idle_timeout
-                });
-                let expired: Vec<_> = list.drain(..fresh).collect();
+                let expired = Self::drain_expired(&mut list, idle_timeout);
                 (list.pop(), expired)
             };
             // Closed outside the lock.
@@ -324,6 +353,25 @@ impl IdleList {
                 return Some(connection);
             }
         }
+    }
+
+    /// The connections idle for longer than `idle_timeout`, taken out.
+    fn take_expired(&self, idle_timeout: Duration) -> Vec<(Connection, Instant)> {
+        Self::drain_expired(
+            &mut self.0.lock().unwrap_or_else(|p| p.into_inner()),
+            idle_timeout,
+        )
+    }
+
+    fn drain_expired(
+        list: &mut Vec<(Connection, Instant)>,
+        idle_timeout: Duration,
+    ) -> Vec<(Connection, Instant)> {
+        let now = Instant::now();
+        // Oldest first: the expired ones are a prefix.
+        let fresh =
+            list.partition_point(|(_, since)| now.saturating_duration_since(*since) > idle_timeout);
+        list.drain(..fresh).collect()
     }
 
     fn checkin(&self, mut connection: Connection, max_idle: usize) {
@@ -760,7 +808,7 @@ fn encode(out: &mut Vec<u8>, request: &Request<'_>, host: &str, default_headers:
 mod tests {
     use super::*;
 
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::net::TcpListener;
@@ -1102,6 +1150,13 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
             assert_eq!(accepted.load(Ordering::SeqCst), round);
         }
+        // Requests to another node close them too.
+        let other = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec();
+        let (other_addr, _, _received) = serve(true, move |_| vec![other.clone(); 2]).await;
+        pool.send(&other_addr, &get("/"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(pool.idle_count(&addr), 0);
     }
 
     #[tokio::test]
