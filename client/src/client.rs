@@ -16,11 +16,17 @@ use tracing::{debug, warn};
 
 use crate::cluster_status::ClusterStatus;
 use crate::error::{Error, Result};
+use crate::http1;
 use crate::partition_map::PartitionMap;
 use crate::single_flight::SingleFlight;
 
 /// Header with the remaining TTL (whole seconds) of a raw-bytes value.
 const TTL_HEADER: &str = "x-dcache-ttl";
+
+/// How long a pooled connection may idle before it is closed rather than used: below
+/// the nodes' default header read timeout (10 s), which also closes idle connections,
+/// so that the client drops a pooled connection first.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long one node may take to answer `GET /cluster` during a map refresh.
 const MAP_FETCH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -104,7 +110,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Idle pooled connections kept per node (default 64).
+    /// Idle pooled connections kept per node (default 64), in each of the client's
+    /// two pools (cache requests; partition map and admin calls).
     pub fn max_idle_connections_per_node(mut self, connections: usize) -> Self {
         self.max_idle_per_host = connections;
         self
@@ -126,24 +133,35 @@ impl ClientBuilder {
                 .nodes
                 .iter()
                 .any(|node| node.trim().starts_with("https://"));
+        let connect_timeout = self.request_timeout.min(Duration::from_secs(2));
         let mut http = reqwest::Client::builder()
             .pool_max_idle_per_host(self.max_idle_per_host)
-            // Below the nodes' default header read timeout (10 s), which also closes
-            // idle connections: the client drops a pooled connection first.
-            .pool_idle_timeout(Duration::from_secs(5))
-            .connect_timeout(self.request_timeout.min(Duration::from_secs(2)))
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .connect_timeout(connect_timeout)
             .tcp_nodelay(true);
+        let mut default_headers = Vec::new();
         if let Some(token) = &self.token {
             let mut value =
                 header::HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
                     Error::Security("the API token has a character a header cannot carry".into())
                 })?;
+            // The same header line on the cache requests' connections.
+            default_headers.extend_from_slice(b"authorization: ");
+            default_headers.extend_from_slice(value.as_bytes());
+            default_headers.extend_from_slice(b"\r\n");
             value.set_sensitive(true);
             http = http.default_headers(header::HeaderMap::from_iter([(
                 header::AUTHORIZATION,
                 value,
             )]));
         }
+        let tls = if https {
+            Some(Arc::new(
+                http1::tls_config(self.ca_pem.as_deref()).map_err(Error::Security)?,
+            ))
+        } else {
+            None
+        };
         if let Some(pem) = &self.ca_pem {
             let certificates = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| Error::Security(format!("invalid CA certificate: {e}")))?;
@@ -157,8 +175,16 @@ impl ClientBuilder {
         let http = http
             .build()
             .map_err(|e| Error::ClusterMap(format!("cannot build the HTTP client: {e}")))?;
+        let pool = http1::Pool::new(http1::PoolOptions {
+            max_idle_per_host: self.max_idle_per_host,
+            idle_timeout: POOL_IDLE_TIMEOUT,
+            connect_timeout,
+            default_headers,
+            tls,
+        });
         Ok(Client {
             inner: Arc::new(Inner {
+                pool,
                 http,
                 scheme: if https { "https" } else { "http" },
                 seeds,
@@ -207,8 +233,14 @@ pub struct Entry<T> {
     pub ttl: Option<Duration>,
 }
 
-/// A dcache client. Cheap to clone: clones share one connection pool, one partition
+/// A dcache client. Cheap to clone: clones share the connection pools, one partition
 /// map and one set of in-flight loads.
+///
+/// Cache requests (get, set, delete) go over a lean HTTP/1.1 client of its own: a pool
+/// of idle keep-alive connections per node, each request written and its response
+/// read by the calling task itself, nothing handed to a background task. The
+/// partition map (`GET /cluster`) and admin calls go through one pooled
+/// `reqwest::Client`.
 ///
 /// ```no_run
 /// # async fn example() -> dcache_client::Result<()> {
@@ -233,7 +265,9 @@ pub struct Client {
 }
 
 struct Inner {
-    /// One pooled HTTP client for every request to every node.
+    /// Idle keep-alive connections by node, for the cache requests.
+    pool: http1::Pool,
+    /// One pooled HTTP client for the other requests (partition map, admin calls).
     http: reqwest::Client,
     /// `http` or `https`, for every node alike.
     scheme: &'static str,
@@ -351,17 +385,13 @@ impl Client {
             return Ok(None);
         }
         let is_json = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
+            .header("content-type")
             .is_some_and(|v| v.starts_with("application/json"));
         let ttl_header = response
-            .headers()
-            .get(TTL_HEADER)
-            .and_then(|v| v.to_str().ok())
+            .header(TTL_HEADER)
             .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = self.body(response).await?;
+        let body = response.into_body();
         if is_json {
             let got: GetResponse =
                 serde_json::from_slice(&body).map_err(|e| decode_error(key, e))?;
@@ -399,15 +429,14 @@ impl Client {
         ttl: Option<Duration>,
     ) -> Result<()> {
         let query = ttl.map(|ttl| format!("ttl={}", ttl.as_secs_f64()));
-        let response = self
-            .send(
-                Method::PUT,
-                key.as_ref(),
-                query,
-                RequestBody::Raw(value.into()),
-            )
-            .await?;
-        self.expect_success(response).await
+        self.send(
+            Method::PUT,
+            key.as_ref(),
+            query,
+            RequestBody::Raw(value.into()),
+        )
+        .await
+        .map(drop)
     }
 
     /// Deletes `key`; true if it existed.
@@ -416,10 +445,10 @@ impl Client {
     /// first attempt deleted.
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         let key = key.as_ref();
-        let response = self
+        let body = self
             .send(Method::DELETE, key, None, RequestBody::Empty)
-            .await?;
-        let body = self.body(response).await?;
+            .await?
+            .into_body();
         let deleted: DeleteResponse =
             serde_json::from_slice(&body).map_err(|e| decode_error(key, e))?;
         Ok(deleted.deleted)
@@ -603,15 +632,9 @@ impl Client {
             body.extend_from_slice(format!(",\"ttl\":{}", ttl.as_secs_f64()).as_bytes());
         }
         body.push(b'}');
-        let response = self
-            .send(Method::PUT, key, None, RequestBody::Json(body.into()))
-            .await?;
-        self.expect_success(response).await
-    }
-
-    async fn expect_success(&self, response: reqwest::Response) -> Result<()> {
-        // Reading the body to the end returns the connection to the pool.
-        self.body(response).await.map(drop)
+        self.send(Method::PUT, key, None, RequestBody::Json(body.into()))
+            .await
+            .map(drop)
     }
 
     async fn body(&self, response: reqwest::Response) -> Result<Bytes> {
@@ -623,54 +646,64 @@ impl Client {
 
     /// Sends a cache request for `key` to the node that should serve it, retrying
     /// on 502/503/504 and connection errors (refreshing the map in between) until
-    /// the deadline. Returns a 2xx or 404 response.
+    /// the deadline. Returns a 2xx or 404 response, read to its end.
+    ///
+    /// A write that fails on a pooled connection before any of the response came
+    /// back is retried here like any connection error, with a new deadline, never
+    /// resent at once by the pool: it may have reached the node.
     async fn send(
         &self,
         method: Method,
         key: &[u8],
         query: Option<String>,
         body: RequestBody,
-    ) -> Result<reqwest::Response> {
+    ) -> Result<http1::Response> {
         let options = &self.inner.options;
         let started = Instant::now();
         let deadline = started + options.deadline;
-        let path = format!("/cache/{}", encode_key(key));
+        let mut target = format!("/cache/{}", encode_key(key));
+        if let Some(query) = &query {
+            target.push('?');
+            target.push_str(query);
+        }
+        let (content_type, body) = match &body {
+            RequestBody::Empty => (None, &b""[..]),
+            RequestBody::Json(json) => (Some("application/json"), &json[..]),
+            RequestBody::Raw(bytes) => (Some("application/octet-stream"), &bytes[..]),
+        };
         let mut attempts = 0u32;
         loop {
             attempts += 1;
             let (addr, seen_version) = self.target(key, attempts).await;
-            let url = match &query {
-                Some(query) => format!("{}://{addr}{path}?{query}", self.inner.scheme),
-                None => format!("{}://{addr}{path}", self.inner.scheme),
-            };
             let timeout = options
                 .request_timeout
                 .min(deadline.saturating_duration_since(Instant::now()))
                 .max(Duration::from_millis(50));
-            let mut request = self
-                .inner
-                .http
-                .request(method.clone(), url)
-                .timeout(timeout);
+            let mut header_lines = [("", ""); 2];
+            let mut header_count = 0;
+            if let Some(content_type) = content_type {
+                header_lines[header_count] = (header::CONTENT_TYPE.as_str(), content_type);
+                header_count += 1;
+            }
+            let deadline_ms;
             if method != Method::GET {
                 // The node refuses, unapplied, a write that reaches it after this
                 // attempt was given up on: a retry can never be overtaken by it.
                 let given_up_at = std::time::SystemTime::now() + timeout;
-                let unix_ms = given_up_at
+                deadline_ms = given_up_at
                     .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                request = request.header(DEADLINE_HEADER, unix_ms);
+                    .map_or(0, |d| d.as_millis() as u64)
+                    .to_string();
+                header_lines[header_count] = (DEADLINE_HEADER, &deadline_ms);
+                header_count += 1;
             }
-            request = match &body {
-                RequestBody::Empty => request,
-                RequestBody::Json(json) => request
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(json.clone()),
-                RequestBody::Raw(bytes) => request
-                    .header(header::CONTENT_TYPE, "application/octet-stream")
-                    .body(bytes.clone()),
+            let request = http1::Request {
+                method: &method,
+                target: &target,
+                headers: &header_lines[..header_count],
+                body,
             };
-            let failure = match request.send().await {
+            let failure = match self.inner.pool.send(&addr, &request, timeout).await {
                 Ok(response)
                     if response.status().is_success()
                         || response.status() == StatusCode::NOT_FOUND =>
@@ -679,15 +712,15 @@ impl Client {
                 }
                 Ok(response) if is_retryable(response.status()) => {
                     let status = response.status();
-                    let message = error_message(&response.bytes().await.unwrap_or_default());
+                    let message = error_message(&response.into_body());
                     format!("{addr} answered {status}: {message}")
                 }
                 Ok(response) => {
                     let status = response.status().as_u16();
-                    let message = error_message(&self.body(response).await?);
+                    let message = error_message(&response.into_body());
                     return Err(Error::Refused { status, message });
                 }
-                Err(e) => format!("{addr}: {}", error_chain(&e)),
+                Err(e) => format!("{addr}: {e}"),
             };
             debug!(attempt = attempts, %failure, "cache request failed; retrying");
             let pause = backoff(attempts);

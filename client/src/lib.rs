@@ -5,7 +5,10 @@
 //! the key's partition (keys map to partitions with [`dcache_protocol::partition_of`],
 //! exactly as the nodes do). When a leader changes, a node is down or a partition has
 //! no leader for a moment (503), it refreshes the map and retries with backoff until
-//! the call's deadline. All requests share one pooled HTTP client.
+//! the call's deadline. Cache requests go over a lean HTTP/1.1 client with a pool of
+//! keep-alive connections per node, each request written and its response read by the
+//! calling task itself; the partition map and admin calls share one pooled reqwest
+//! client.
 //!
 //! Values are JSON through serde ([`Client::get`], [`Client::set`]) or raw bytes
 //! ([`Client::get_bytes`], [`Client::set_bytes`]); [`Client::get_or_load`] fills a
@@ -32,6 +35,7 @@ mod client;
 /// The admin API's JSON bodies, shared with the node (`dcache_protocol::cluster`).
 pub use dcache_protocol::cluster as cluster_status;
 mod error;
+mod http1;
 pub mod local;
 mod partition_map;
 mod single_flight;

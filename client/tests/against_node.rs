@@ -75,6 +75,15 @@ async fn typed_raw_and_expiring_values_round_trip() {
         matches!(refused, Error::Refused { status: 413, .. }),
         "{refused}"
     );
+    // Larger than the socket buffers take: the node answers before it is all sent.
+    let refused = client
+        .set_bytes("bigger", vec![0u8; 64 << 20], None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, Error::Refused { status: 413, .. }),
+        "{refused}"
+    );
     cluster.stop();
 }
 
