@@ -108,6 +108,7 @@ impl Workload {
 }
 
 /// What one kind of operation did.
+#[derive(Clone)]
 pub struct OpStats {
     pub latency_us: Histogram<u64>,
     pub errors: u64,
@@ -173,6 +174,13 @@ impl Report {
 
     pub fn total_errors(&self) -> u64 {
         self.get.errors + self.set.errors
+    }
+
+    /// Gets and sets together: the latency of the mix as its callers see it.
+    pub fn all(&self) -> OpStats {
+        let mut all = self.get.clone();
+        all.merge(self.set.clone());
+        all
     }
 }
 
@@ -352,8 +360,10 @@ pub fn render_table(report: &Report) -> String {
         "{:<5} {:>10} {:>12} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "op", "ok", "ops/s", "errors", "misses", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
     );
-    for (name, stats) in [("get", &report.get), ("set", &report.set)] {
-        if stats.count() == 0 && stats.errors == 0 {
+    let all = report.all();
+    let mixed = report.get.count() > 0 && report.set.count() > 0;
+    for (name, stats) in [("get", &report.get), ("set", &report.set), ("all", &all)] {
+        if stats.count() == 0 && stats.errors == 0 || name == "all" && !mixed {
             continue;
         }
         let _ = writeln!(
@@ -445,6 +455,7 @@ pub async fn command(connection: &Connection, args: BenchArgs) -> anyhow::Result
             "ops_per_sec": report.total_ops() as f64 / report.elapsed.as_secs_f64().max(1e-9),
             "get": op_json(&report, &report.get),
             "set": op_json(&report, &report.set),
+            "all": op_json(&report, &report.all()),
         });
         println!("{}", serde_json::to_string_pretty(&output)?);
     } else {
