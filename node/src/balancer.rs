@@ -15,7 +15,7 @@ pub use dcache_protocol::cluster::{LeavingMember, RebalanceProgress};
 use crate::cluster::{Cluster, MAX_CLUSTER_VOTERS};
 use crate::lost::LEADERLESS_BEFORE_CHECK;
 use crate::placement::Placement;
-use crate::raft::membership::{ReconcileOutcome, ReconcileRequest, VoterReport};
+use crate::raft::membership::{self, ReconcileOutcome, ReconcileRequest, VoterReport};
 use crate::raft::transport::op;
 use crate::raft::{
     CLUSTER_GROUP, ClusterCommand, ClusterState, GroupId, MemberNode, NodeId, partition_group,
@@ -362,17 +362,22 @@ impl Cluster {
             if !tried.insert(addr.clone()) {
                 continue;
             }
-            let answer = self
-                .groups
-                .transport
-                .call::<_, ReconcileOutcome>(
-                    &addr,
-                    group,
-                    op::RECONCILE,
-                    &request,
-                    Duration::from_secs(5),
-                )
-                .await;
+            // Groups led here are asked here, not over a stream to this node itself.
+            let answer = if addr == self.groups.me.raft_addr {
+                membership::reconcile(&self.groups, group, request.clone()).await
+            } else {
+                self.groups
+                    .transport
+                    .call::<_, ReconcileOutcome>(
+                        &addr,
+                        group,
+                        op::RECONCILE,
+                        &request,
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+            };
             match answer {
                 Ok(ReconcileOutcome::NotLeader(Some(leader))) => queue.push_front(leader.raft_addr),
                 Ok(ReconcileOutcome::NotLeader(None)) => {}

@@ -365,8 +365,15 @@ impl Groups {
             if group_partition(group).is_none() {
                 continue;
             }
-            let metrics = raft.metrics().borrow_watched().clone();
-            let committed = &metrics.committed_membership_config;
+            // The memberships only (shared), not a copy of every metric of the group.
+            let (committed, effective_unset) = {
+                let metrics = raft.metrics();
+                let metrics = metrics.borrow_watched();
+                (
+                    metrics.committed_membership_config.clone(),
+                    metrics.membership_config.log_id().is_none(),
+                )
+            };
             match committed.log_id() {
                 // A learner catching up sees old configurations without itself: only
                 // a copy the placement no longer wants may go.
@@ -376,9 +383,7 @@ impl Groups {
                 {
                     let _ = self.drop_group(group, log_id.index).await;
                 }
-                None if metrics.membership_config.log_id().is_none()
-                    && !self.should_host(group) =>
-                {
+                None if effective_unset && !self.should_host(group) => {
                     let _ = self.drop_group(group, 0).await;
                 }
                 _ => {}
