@@ -11,14 +11,7 @@ DCACHE=${DCACHE:-target/release/dcache}
 SETTLE=${SETTLE:-15}
 MEASURE=${MEASURE:-30}
 OUT=${OUT:-bench/results/idle.md}
-work=$(mktemp -d /dev/shm/dcache-idle.XXXXXX)
-pids=()
-cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
-  wait "${pids[@]}" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+use_workdir /dev/shm/dcache-idle.XXXXXX
 
 start_dcache_local "$work"
 node_pids=${dcache_node_pids//,/ }

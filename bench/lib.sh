@@ -11,6 +11,20 @@ need_command() {
   fi
 }
 
+# Makes a scratch directory `work` (from the mktemp TEMPLATE) and an empty array `pids`
+# of started processes; on exit the processes are stopped and `work` is removed.
+# Usage: use_workdir TEMPLATE
+use_workdir() {
+  work=$(mktemp -d "$1")
+  pids=()
+  trap stop_and_clean EXIT
+}
+stop_and_clean() {
+  kill "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+  rm -rf "$work"
+}
+
 # A free TCP port on 127.0.0.1.
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
@@ -70,12 +84,15 @@ start_etcd() {
 }
 
 # Starts a 3-node `dcache local` cluster (release build, default settings) with its
-# data under DIR; appends the runner's pid to the array `pids`, waits until it prints
-# its endpoints and sets `dcache_nodes` (comma-separated API addresses) and
-# `dcache_node_pids` (the node processes, comma-separated). Usage: start_dcache_local DIR
+# data under DIR, its API ports from BASE_PORT on (default 0: ports the kernel picks; a
+# fixed base lets a killed node restart at the address the cluster knows); appends the
+# runner's pid to the array `pids`, waits until it prints its endpoints and sets
+# `dcache_nodes` (comma-separated API addresses) and `dcache_node_pids` (the node
+# processes, comma-separated). Usage: start_dcache_local DIR [BASE_PORT]
 start_dcache_local() {
-  local dir=$1
-  "$DCACHE" local --nodes 3 --base-port 0 --data-dir "$dir/dcache" >"$dir/dcache.log" 2>&1 &
+  local dir=$1 base_port=${2:-0}
+  "$DCACHE" local --nodes 3 --base-port "$base_port" --data-dir "$dir/dcache" \
+    >"$dir/dcache.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 600); do
     grep -q '^export DCACHE_NODES=' "$dir/dcache.log" && break

@@ -19,14 +19,7 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 KEYSPACE=10000
 OUT=bench/results/peers.md
-work=$(mktemp -d /dev/shm/dcache-peers.XXXXXX)
-pids=()
-cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
-  wait "${pids[@]}" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+use_workdir /dev/shm/dcache-peers.XXXXXX
 
 # dcache: a 3-node local cluster (release build), default settings.
 start_dcache_local "$work"

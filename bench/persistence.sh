@@ -20,14 +20,7 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 KEYSPACE=10000
 OUT=bench/results/persistence.md
-work=$(mktemp -d "$PWD/target/bench-persistence.XXXXXX")
-pids=()
-cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
-  wait "${pids[@]}" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+use_workdir "$PWD/target/bench-persistence.XXXXXX"
 
 # The three nodes share the machine: each gets its share of the cores, as in
 # `dcache local`.

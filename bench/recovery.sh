@@ -20,26 +20,12 @@ ROUNDS=${ROUNDS:-3}
 VALUE_SIZE=1000
 KEYS=$((VALUE_MB * 1000 * 1000 / VALUE_SIZE))
 OUT=${OUT:-bench/results/recovery.md}
-work=$(mktemp -d /dev/shm/dcache-recovery.XXXXXX)
-pids=()
-cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
-  wait "${pids[@]}" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+use_workdir /dev/shm/dcache-recovery.XXXXXX
 
 # Fixed ports, so that a restarted node comes back at the address the cluster knows.
 base_port=$(python3 -c 'import random; print(random.randrange(20000, 30000, 200))')
-"$DCACHE" local --nodes 3 --base-port "$base_port" --data-dir "$work/dcache" \
-  >"$work/dcache.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 600); do
-  grep -q '^export DCACHE_NODES=' "$work/dcache.log" && break
-  sleep 0.1
-done
-nodes=$(sed -n 's/^export DCACHE_NODES=//p' "$work/dcache.log")
-[ -n "$nodes" ] || { cat "$work/dcache.log" >&2; exit 1; }
+start_dcache_local "$work" "$base_port"
+nodes=$dcache_nodes
 IFS=, read -r -a apis <<<"$nodes"
 
 node_pid() {  # node_pid INDEX: the pid of the process serving node INDEX's API port
