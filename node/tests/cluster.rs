@@ -378,14 +378,7 @@ async fn a_cut_off_leader_serves_no_read_on_its_lease_once_another_leads() {
     cluster
         .set_until_acknowledged(&[leader], &key, &json!(1), Duration::from_secs(30))
         .await;
-    let lease_reads = async |cluster: &TestCluster| {
-        let mut sum = 0.0;
-        for node in 0..3 {
-            sum += cluster.metric(node, "dcache_raft_lease_reads_total").await;
-        }
-        sum
-    };
-    let before = lease_reads(&cluster).await;
+    let before = cluster.metric_sum("dcache_raft_lease_reads_total").await;
     for _ in 0..20 {
         let value = cluster
             .get_settled(leader, &key, "linearizable", Duration::from_secs(30))
@@ -393,7 +386,7 @@ async fn a_cut_off_leader_serves_no_read_on_its_lease_once_another_leads() {
         assert_eq!(value, Some(json!(1)));
     }
     assert!(
-        lease_reads(&cluster).await >= before + 1.0,
+        cluster.metric_sum("dcache_raft_lease_reads_total").await >= before + 1.0,
         "the leader answered reads on its lease"
     );
 
@@ -426,14 +419,10 @@ async fn read_index_policy_confirms_every_read_with_a_quorum() {
         .get_settled(0, "confirmed", "linearizable", Duration::from_secs(30))
         .await;
     assert_eq!(value, Some(json!(7)));
-    let mut lease = 0.0;
-    let mut read_index = 0.0;
-    for node in 0..3 {
-        lease += cluster.metric(node, "dcache_raft_lease_reads_total").await;
-        read_index += cluster
-            .metric(node, "dcache_raft_read_index_reads_total")
-            .await;
-    }
+    let lease = cluster.metric_sum("dcache_raft_lease_reads_total").await;
+    let read_index = cluster
+        .metric_sum("dcache_raft_read_index_reads_total")
+        .await;
     assert_eq!(lease, 0.0, "no read was answered on a lease");
     assert!(read_index >= 1.0, "the read waited for a quorum round");
 }

@@ -397,6 +397,15 @@ impl TestCluster {
 }
 
 impl TestCluster {
+    /// The sum of metric `name` over every node of the cluster.
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        let mut sum = 0.0;
+        for node in 0..self.nodes.len() {
+            sum += self.metric(node, name).await;
+        }
+        sum
+    }
+
     /// The sum of every sample of metric `name` on `node`.
     pub async fn metric(&self, node: usize, name: &str) -> f64 {
         let text = metrics_text(&self.client, &self.nodes[node].url("/metrics")).await;
