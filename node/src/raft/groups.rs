@@ -293,7 +293,7 @@ impl Groups {
     }
 
     /// Whether this node still withholds its votes: restarted from its disk less than
-    /// an election timeout (the longest lease a follower grants) ago, it may have
+    /// twice the election timeout (the lease a follower grants) ago, it may have
     /// acknowledged a leader just before it stopped, and that leader may still serve
     /// reads on its lease.
     pub fn withholds_votes(&self) -> bool {
