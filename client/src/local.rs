@@ -120,6 +120,9 @@ pub struct LocalNodeState {
     pub index: usize,
     pub api_addr: String,
     pub raft_addr: String,
+    /// Its Redis-protocol address (`redis-cli -c -p PORT`).
+    #[serde(default)]
+    pub resp_addr: Option<String>,
     pub pid: u32,
     pub log: PathBuf,
 }
@@ -130,8 +133,23 @@ impl LocalNodeState {
             name: self.name.clone(),
             api_addr: self.api_addr.clone(),
             raft_addr: self.raft_addr.clone(),
+            resp_addr: self.resp_addr.clone(),
         }
     }
+
+    /// Records the addresses the node logged once serving.
+    fn serving_at(&mut self, serving: Serving) {
+        self.api_addr = serving.api;
+        self.raft_addr = serving.raft;
+        self.resp_addr = serving.resp;
+    }
+}
+
+/// The addresses a node logs when it starts serving.
+struct Serving {
+    api: String,
+    raft: String,
+    resp: Option<String>,
 }
 
 impl LocalState {
@@ -221,9 +239,7 @@ impl LocalCluster {
         // it stops the processes already started.
         let mut cluster = Self::from_parts(&options, nodes, children)?;
         for (node, (_, child)) in cluster.state.nodes.iter_mut().zip(&mut cluster.children) {
-            let (api, raft) = wait_serving(&node.log, &node.name, child, deadline)?;
-            node.api_addr = api;
-            node.raft_addr = raft;
+            node.serving_at(wait_serving(&node.log, &node.name, child, deadline)?);
         }
         cluster.client = client_for(&cluster.state.api_addrs())?;
         let members: Vec<MemberNode> = cluster.state.nodes.iter().map(|n| n.member()).collect();
@@ -311,9 +327,7 @@ impl LocalCluster {
         let serving = wait_serving(&node.log, &node.name, &mut child, deadline);
         let name = node.name.clone();
         self.children.push((name.clone(), child));
-        let (api, raft) = serving?;
-        node.api_addr = api;
-        node.raft_addr = raft;
+        node.serving_at(serving?);
         self.state.nodes.push(node);
         set_members(&self.client, &self.state).await?;
         self.client = client_for(&self.state.api_addrs())?;
@@ -412,9 +426,7 @@ pub async fn add_node_to_recorded(data_dir: &Path) -> anyhow::Result<LocalNodeSt
     // command by design, and the foreground runner stops it by pid.
     let (mut child, mut node) = spawn_node(&options, index, Lifetime::Detached)?;
     let deadline = Instant::now() + options.startup_timeout;
-    let (api, raft) = wait_serving(&node.log, &node.name, &mut child, deadline)?;
-    node.api_addr = api;
-    node.raft_addr = raft;
+    node.serving_at(wait_serving(&node.log, &node.name, &mut child, deadline)?);
     let client = client_for(&state.api_addrs())?;
     state.nodes.push(node.clone());
     set_members(&client, &state).await?;
@@ -610,16 +622,12 @@ fn spawn_node(
     lifetime: Lifetime,
 ) -> anyhow::Result<(Child, LocalNodeState)> {
     let name = format!("node-{index}");
-    let (api_port, raft_port) = match options.base_port {
-        0 => (0, 0),
-        base => {
-            let api = u16::try_from(usize::from(base) + index)
-                .context("--base-port leaves no room for this many nodes")?;
-            let raft = u16::try_from(usize::from(base) + 100 + index)
-                .context("--base-port leaves no room for this many nodes")?;
-            (api, raft)
-        }
+    let port = |offset: usize| match options.base_port {
+        0 => Ok(0),
+        base => u16::try_from(usize::from(base) + offset + index)
+            .context("--base-port leaves no room for this many nodes"),
     };
+    let (api_port, raft_port, resp_port) = (port(0)?, port(100)?, port(200)?);
     let log = options.data_dir.join(format!("{name}.log"));
     let log_file =
         std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
@@ -643,6 +651,15 @@ fn spawn_node(
         ])
         .args(["--shutdown-timeout", "2s", "--log-format", "text"])
         .args(thread_args(options))
+        .args(
+            (!options
+                .node_args
+                .iter()
+                .any(|arg| arg.starts_with("--resp-listen")))
+            .then(|| ["--resp-listen".to_owned(), format!("127.0.0.1:{resp_port}")])
+            .into_iter()
+            .flatten(),
+        )
         .args(&options.node_args)
         .env("NO_COLOR", "1")
         // openraft logs every vote and heartbeat failure at info/warn; a busy laptop
@@ -688,20 +705,20 @@ fn spawn_node(
         index,
         api_addr: String::new(),
         raft_addr: String::new(),
+        resp_addr: None,
         pid: child.id(),
         log,
     };
     Ok((child, node))
 }
 
-/// Waits for the node's "dcache-node serving" log line; returns its API and Raft
-/// addresses.
+/// Waits for the node's "dcache-node serving" log line; returns the addresses in it.
 fn wait_serving(
     log: &Path,
     name: &str,
     child: &mut Child,
     deadline: Instant,
-) -> anyhow::Result<(String, String)> {
+) -> anyhow::Result<Serving> {
     loop {
         let mut text = String::new();
         if let Ok(mut file) = std::fs::File::open(log) {
@@ -715,7 +732,11 @@ fn wait_serving(
                     .map(|v| v.trim_matches('"').to_owned())
             };
             return match (field("listen"), field("raft")) {
-                (Some(api), Some(raft)) if raft != "standalone" => Ok((api, raft)),
+                (Some(api), Some(raft)) if raft != "standalone" => Ok(Serving {
+                    api,
+                    raft,
+                    resp: field("resp").filter(|resp| resp != "off"),
+                }),
                 _ => Err(anyhow!("{name} logged no addresses: {line}")),
             };
         }

@@ -191,6 +191,7 @@ mod tests {
                 name: name.into(),
                 api_addr: format!("{name}:7000"),
                 raft_addr: format!("{name}:7100"),
+                resp_addr: None,
             },
         }
     }

@@ -172,6 +172,11 @@ impl Authenticator {
         })
     }
 
+    /// The scopes a bare token grants (RESP's `AUTH <token>`); empty for an unknown one.
+    pub fn scopes(&self, token: &[u8]) -> Scopes {
+        self.tokens.get().scopes_of(token)
+    }
+
     /// Checks the `Authorization: Bearer <token>` header value against `needed`.
     pub fn check(&self, authorization: Option<&[u8]>, needed: Scope) -> Result<(), Denied> {
         let Some(value) = authorization else {

@@ -48,8 +48,8 @@ pub struct RingSettings {
 pub enum Route<T> {
     /// Served here.
     Here(T),
-    /// Another node must serve it: its API address.
-    Forward(String),
+    /// Another node must serve it (its leader, or a replica): how to reach it.
+    Forward(MemberNode),
     /// Nobody can right now; nothing was done.
     Unavailable(String),
     /// A write was proposed here and got no outcome: it may still be applied.
@@ -391,9 +391,9 @@ impl Cluster {
 
     fn reroute<T>(&self, partition: PartitionId, refused: WriteRefused) -> Route<T> {
         match refused {
-            WriteRefused::NotLeader(Some(leader)) => Route::Forward(leader.api_addr),
-            WriteRefused::NotHosted => match self.replica_api_addr(partition) {
-                Some(addr) => Route::Forward(addr),
+            WriteRefused::NotLeader(Some(leader)) => Route::Forward(leader),
+            WriteRefused::NotHosted => match self.replica(partition) {
+                Some(member) => Route::Forward(member),
                 None => Route::Unavailable(format!(
                     "partition {partition} has no known replica: is the cluster initialised?"
                 )),
@@ -411,10 +411,9 @@ impl Cluster {
     }
 
     /// A node holding `partition`, for a request this node cannot serve.
-    fn replica_api_addr(&self, partition: PartitionId) -> Option<String> {
+    fn replica(&self, partition: PartitionId) -> Option<MemberNode> {
         let view = self.state()?;
-        view.placement_leader(partition)
-            .map(|m| m.node.api_addr.clone())
+        view.placement_leader(partition).map(|m| m.node.clone())
     }
 
     /// What `/cluster` reports.

@@ -36,6 +36,17 @@ pub struct NodeConfig {
     #[arg(long, env = "DCACHE_ADVERTISE_RAFT")]
     pub advertise_raft: Option<String>,
 
+    /// Address the Redis-protocol (RESP) listener binds, e.g. `0.0.0.0:6379`: Redis
+    /// Cluster clients (`redis-cli -c`, redis-py's RedisCluster, ...) then work against
+    /// the cluster. Unset: no RESP listener.
+    #[arg(long, env = "DCACHE_RESP_LISTEN")]
+    pub resp_listen: Option<SocketAddr>,
+
+    /// `host:port` Redis Cluster clients are sent to for this node (`CLUSTER SLOTS`,
+    /// `-MOVED`). Defaults to the bound RESP address.
+    #[arg(long, env = "DCACHE_ADVERTISE_RESP")]
+    pub advertise_resp: Option<String>,
+
     /// Replicas per partition when this node initialises a cluster (capped by the
     /// member count).
     #[arg(long, env = "DCACHE_REPLICATION", default_value_t = 3,

@@ -418,6 +418,7 @@ fn raft_seeds() -> Vec<Vec<u8>> {
         name: "node-1".into(),
         api_addr: "127.0.0.1:7000".into(),
         raft_addr: "127.0.0.1:7100".into(),
+        resp_addr: Some("127.0.0.1:6379".into()),
     };
     let members: BTreeMap<NodeId, MemberNode> = [(7, member)].into();
     let vote = Vote::new(3, 7);
@@ -461,7 +462,10 @@ fn raft_seeds() -> Vec<Vec<u8>> {
         ),
         encode(5, &DropRequest { removed_at: 42 }),
         encode(6, &members),
-        encode(14, &Ok::<_, String>(CommandResult { existed: true })),
+        encode(
+            14,
+            &Ok::<_, String>(CommandResult::Deleted { existed: true }),
+        ),
         encode(11, &Err::<WriteOutcome, _>("not leader".to_owned())),
     ]
 }

@@ -1,7 +1,9 @@
 use anyhow::Context;
 use clap::Parser;
 use dcache_node::config::{LogFormat, NodeConfig};
-use dcache_node::server::{Listening, ServeOptions, build_node, serve_with, shutdown_signal};
+use dcache_node::server::{
+    Listeners, Listening, ServeOptions, build_node, serve_with, shutdown_signal,
+};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -41,14 +43,24 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let resp_listener = match config.resp_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for RESP on {addr}"))?,
+        ),
+        None => None,
+    };
     let api_addr = listener.local_addr()?;
     let raft_addr = raft_listener.as_ref().map(|l| l.local_addr()).transpose()?;
-    let node = build_node(&config, api_addr, raft_addr)?;
+    let resp_addr = resp_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let node = build_node(&config, api_addr, raft_addr, resp_addr)?;
     let shutdown = shutdown_signal();
     info!(
         node_id = %node.node_id,
         listen = %api_addr,
         raft = %raft_addr.map_or_else(|| "standalone".to_owned(), |a| a.to_string()),
+        resp = %resp_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         max_memory = config.max_memory,
         tls = config.tls_cert_file.is_some(),
         auth = !config.tokens_file.is_empty(),
@@ -56,8 +68,11 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         "dcache-node serving"
     );
     serve_with(
-        listener,
-        raft_listener,
+        Listeners {
+            api: listener,
+            raft: raft_listener,
+            resp: resp_listener,
+        },
         node,
         ServeOptions::from_config(&config),
         listening,

@@ -25,6 +25,7 @@ pub struct Metrics {
     store: Store,
     pub requests: RequestMetrics,
     pub rejections: Rejections,
+    pub resp: RespMetrics,
     keys: IntGauge,
     bytes: IntGauge,
     resident_memory: IntGauge,
@@ -93,6 +94,7 @@ impl Metrics {
         .set(1);
 
         let rejections = Rejections::new();
+        let resp = RespMetrics::new();
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(rejections.counters.clone()),
             Box::new(requests.clone()),
@@ -103,6 +105,9 @@ impl Metrics {
             Box::new(resident_memory.clone()),
             Box::new(ready.clone()),
             Box::new(info),
+            Box::new(resp.commands.clone()),
+            Box::new(resp.latency.clone()),
+            Box::new(resp.connections.clone()),
         ];
         for collector in collectors {
             registry
@@ -119,6 +124,7 @@ impl Metrics {
             store,
             requests: RequestMetrics::new(requests, latency, routes),
             rejections,
+            resp,
             keys,
             bytes,
             resident_memory,
@@ -330,6 +336,113 @@ impl RequestMetrics {
         }
         self.latencies[slot]
             .get_or_init(|| self.latency.with_label_values(&[route, method]))
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// How a RESP command ended, as counted in `dcache_resp_commands_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RespResult {
+    Ok,
+    /// Refused: bad arguments, a wrong value, an unknown command.
+    Error,
+    /// Sent elsewhere with `-MOVED`.
+    Moved,
+    /// `-CLUSTERDOWN` / `-TRYAGAIN`: no leader, or the outcome of a write unknown.
+    Unavailable,
+    /// `-NOAUTH` / `-NOPERM`.
+    Denied,
+}
+
+impl RespResult {
+    const ALL: [Self; 5] = [
+        Self::Ok,
+        Self::Error,
+        Self::Moved,
+        Self::Unavailable,
+        Self::Denied,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+            Self::Moved => "moved",
+            Self::Unavailable => "unavailable",
+            Self::Denied => "denied",
+        }
+    }
+}
+
+/// RESP commands by name and result, their latency, and the open RESP connections.
+/// Counters are resolved once per (command, result), as for HTTP requests.
+pub struct RespMetrics {
+    commands: IntCounterVec,
+    latency: HistogramVec,
+    pub connections: IntGauge,
+    counters: Vec<OnceLock<IntCounter>>,
+    latencies: Vec<OnceLock<Histogram>>,
+}
+
+impl RespMetrics {
+    /// Command names beyond this many share the last slot's lazily made series.
+    const COMMAND_SLOTS: usize = 128;
+
+    fn new() -> Self {
+        let commands = IntCounterVec::new(
+            Opts::new(
+                "dcache_resp_commands_total",
+                "Redis-protocol commands served, by command and result.",
+            ),
+            &["command", "result"],
+        )
+        .expect("valid metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "dcache_resp_command_duration_seconds",
+                "Time from a RESP command's arrival to its reply, by command.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["command"],
+        )
+        .expect("valid metric");
+        let connections = IntGauge::new(
+            "dcache_resp_connections",
+            "Open Redis-protocol client connections.",
+        )
+        .expect("valid metric");
+        Self {
+            commands,
+            latency,
+            connections,
+            counters: (0..Self::COMMAND_SLOTS * RespResult::ALL.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+            latencies: (0..Self::COMMAND_SLOTS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Counts one command: `index` is its place in the node's command table (the
+    /// same name must always come with the same index), `name` its lowercase name.
+    pub fn observe(&self, index: usize, name: &str, result: RespResult, elapsed: Duration) {
+        let result_slot = RespResult::ALL
+            .iter()
+            .position(|known| *known == result)
+            .expect("every result is in ALL");
+        if index >= Self::COMMAND_SLOTS {
+            self.commands
+                .with_label_values(&[name, result.as_str()])
+                .inc();
+            self.latency
+                .with_label_values(&[name])
+                .observe(elapsed.as_secs_f64());
+            return;
+        }
+        self.counters[index * RespResult::ALL.len() + result_slot]
+            .get_or_init(|| self.commands.with_label_values(&[name, result.as_str()]))
+            .inc();
+        self.latencies[index]
+            .get_or_init(|| self.latency.with_label_values(&[name]))
             .observe(elapsed.as_secs_f64());
     }
 }

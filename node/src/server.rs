@@ -39,12 +39,13 @@ use crate::store::{Store, StoreConfig};
 /// How long a stopping node spends handing its leaderships away.
 const STEP_DOWN_AT_MOST: Duration = Duration::from_secs(5);
 
-/// Builds a node from its configuration, given where its listeners are bound (the API
-/// and, for a cluster member, Raft).
+/// Builds a node from its configuration, given where its listeners are bound (the API,
+/// for a cluster member Raft, and RESP if it listens).
 pub fn build_node(
     config: &NodeConfig,
     api_addr: SocketAddr,
     raft_addr: Option<SocketAddr>,
+    resp_addr: Option<SocketAddr>,
 ) -> anyhow::Result<Arc<Node>> {
     let store = Store::new(
         StoreConfig {
@@ -85,6 +86,12 @@ pub fn build_node(
             .advertise_raft
             .clone()
             .unwrap_or_else(|| raft_addr.to_string()),
+        resp_addr: resp_addr.map(|bound| {
+            config
+                .advertise_resp
+                .clone()
+                .unwrap_or_else(|| bound.to_string())
+        }),
     };
     let heartbeat = config.raft_heartbeat.as_millis() as u64;
     let election = config.raft_election_timeout.as_millis() as u64;
@@ -298,8 +305,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     serve_with(
-        listener,
-        raft_listener,
+        Listeners {
+            api: listener,
+            raft: raft_listener,
+            resp: None,
+        },
         node,
         options,
         Listening::default(),
@@ -308,10 +318,17 @@ pub async fn serve(
     .await
 }
 
-/// [`serve`], with TLS and connection limits.
+/// The bound sockets a node serves: the HTTP API, Raft (a cluster member) and RESP
+/// (with `--resp-listen`).
+pub struct Listeners {
+    pub api: TcpListener,
+    pub raft: Option<TcpListener>,
+    pub resp: Option<TcpListener>,
+}
+
+/// [`serve`], with TLS, connection limits and every listener.
 pub async fn serve_with(
-    listener: TcpListener,
-    raft_listener: Option<TcpListener>,
+    listeners: Listeners,
     node: Arc<Node>,
     options: ServeOptions,
     listening: Listening,
@@ -335,6 +352,11 @@ pub async fn serve_with(
         let every = options.raft_heartbeat;
         tokio::spawn(async move { cluster.groups.run_heartbeats(every, stop).await })
     });
+    let Listeners {
+        api: listener,
+        raft: raft_listener,
+        resp: resp_listener,
+    } = listeners;
     let raft_connections = TaskTracker::new();
     let raft_server = match (raft_listener, &node.cluster) {
         (Some(raft_listener), Some(cluster)) => Some(tokio::spawn(accept_raft(
@@ -355,17 +377,38 @@ pub async fn serve_with(
         stop.clone(),
     ));
     let connections = TaskTracker::new();
-    let acceptor = spawn_http_workers(
-        listener,
+    let accepting = Accepting {
+        listening,
+        rejections: node.metrics.rejections.clone(),
+        stop: stop.clone(),
+        connections: connections.clone(),
+    };
+    let workers = spawn_client_workers(
         router(node.clone()),
+        node.clone(),
         options.http_workers,
-        Accepting {
-            listening,
-            rejections: node.metrics.rejections.clone(),
-            stop: stop.clone(),
-            connections: connections.clone(),
-        },
+        accepting.clone(),
     )?;
+    // One cap for every client connection, HTTP and RESP together.
+    let open = Arc::new(Semaphore::new(accepting.listening.max_connections));
+    let mut acceptors = vec![tokio::spawn(accept_loop(
+        listener,
+        FrontDoor::Http,
+        workers.clone(),
+        open.clone(),
+        accepting.clone(),
+    ))];
+    if let Some(resp_listener) = resp_listener {
+        acceptors.push(tokio::spawn(accept_loop(
+            resp_listener,
+            FrontDoor::Resp,
+            workers,
+            open,
+            accepting,
+        )));
+    } else {
+        drop(workers);
+    }
 
     shutdown.await;
     info!("shutting down: refusing new connections, finishing in-flight requests");
@@ -398,7 +441,9 @@ pub async fn serve_with(
         warn!(grace = ?options.grace, "in-flight requests still running after the shutdown grace period; exiting");
     }
     let _ = maintenance.await;
-    let _ = acceptor.await;
+    for acceptor in acceptors {
+        let _ = acceptor.await;
+    }
     if let Some(balancer) = balancer {
         let _ = balancer.await;
     }
@@ -418,14 +463,15 @@ pub async fn serve_with(
     Ok(())
 }
 
-/// Starts the HTTP worker threads and the task that hands them accepted connections,
-/// round-robin, so that load spreads evenly however the kernel wakes threads.
-fn spawn_http_workers(
-    listener: TcpListener,
+/// Starts the client worker threads, each with its own runtime serving the HTTP and
+/// RESP connections the accept loops hand it, round-robin, so that load spreads evenly
+/// however the kernel wakes threads.
+fn spawn_client_workers(
     app: Router,
+    node: Arc<Node>,
     workers: usize,
     accepting: Accepting,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+) -> std::io::Result<Vec<tokio::sync::mpsc::UnboundedSender<Admitted>>> {
     let workers = if workers == 0 {
         std::thread::available_parallelism().map_or(1, usize::from)
     } else {
@@ -435,7 +481,7 @@ fn spawn_http_workers(
     for worker in 0..workers {
         let (inbox, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Admitted>();
         inboxes.push(inbox);
-        let (app, accepting) = (app.clone(), accepting.clone());
+        let (app, node, accepting) = (app.clone(), node.clone(), accepting.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -443,11 +489,16 @@ fn spawn_http_workers(
             .name(format!("dcache-http-{worker}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    while let Some((stream, permit)) = incoming.recv().await {
+                    while let Some((stream, permit, door)) = incoming.recv().await {
                         match tokio::net::TcpStream::from_std(stream) {
-                            Ok(stream) => {
-                                serve_connection(stream, &app, &accepting, Some(permit));
-                            }
+                            Ok(stream) => match door {
+                                FrontDoor::Http => {
+                                    serve_connection(stream, &app, &accepting, Some(permit));
+                                }
+                                FrontDoor::Resp => {
+                                    serve_resp_connection(stream, &node, &accepting, permit);
+                                }
+                            },
                             Err(e) => warn!(error = %e, "cannot register a connection"),
                         }
                     }
@@ -457,11 +508,18 @@ fn spawn_http_workers(
                 runtime.shutdown_background();
             })?;
     }
-    Ok(tokio::spawn(accept_loop(listener, inboxes, accepting)))
+    Ok(inboxes)
 }
 
-/// An accepted API connection, with its place under `--max-connections`.
-type Admitted = (std::net::TcpStream, OwnedSemaphorePermit);
+/// Which protocol an accepted connection speaks.
+#[derive(Debug, Clone, Copy)]
+enum FrontDoor {
+    Http,
+    Resp,
+}
+
+/// An accepted client connection, with its place under `--max-connections`.
+type Admitted = (std::net::TcpStream, OwnedSemaphorePermit, FrontDoor);
 
 /// What every accepted connection is served with.
 #[derive(Clone)]
@@ -474,11 +532,12 @@ struct Accepting {
 
 async fn accept_loop(
     listener: TcpListener,
+    door: FrontDoor,
     workers: Vec<tokio::sync::mpsc::UnboundedSender<Admitted>>,
+    open: Arc<Semaphore>,
     accepting: Accepting,
 ) {
     let stop = accepting.stop.clone();
-    let open = Arc::new(Semaphore::new(accepting.listening.max_connections));
     for next in (0..workers.len()).cycle() {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -503,8 +562,8 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         match stream.into_std() {
             Ok(stream) => {
-                if workers[next].send((stream, permit)).is_err() {
-                    error!("HTTP worker {next} is gone");
+                if workers[next].send((stream, permit, door)).is_err() {
+                    error!("client worker {next} is gone");
                 }
             }
             Err(e) => warn!(error = %e, "cannot hand a connection to a worker"),
@@ -550,22 +609,8 @@ fn serve_connection(
     } = accepting.clone();
     tokio::spawn(connections.track_future(async move {
         let _permit = permit;
-        let stream = match &listening.tls {
-            None => Either::Left(stream),
-            Some(config) => {
-                let handshake = tokio_rustls::TlsAcceptor::from(config.clone()).accept(stream);
-                match tokio::time::timeout(listening.header_read_timeout, handshake).await {
-                    Ok(Ok(stream)) => Either::Right(stream),
-                    Ok(Err(e)) => {
-                        debug!(error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        rejections.count(Rejection::HeaderTimeout);
-                        return;
-                    }
-                }
-            }
+        let Some(stream) = handshake(stream, &listening, &rejections).await else {
+            return;
         };
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -585,6 +630,56 @@ fn serve_connection(
                 rejections.count(Rejection::HeaderTimeout);
             }
             debug!(error = %e, "connection ended with an error");
+        }
+    }));
+}
+
+/// The TLS handshake when TLS is on, bounded by the header timeout; `None` when it
+/// failed or took too long.
+async fn handshake(
+    stream: tokio::net::TcpStream,
+    listening: &Listening,
+    rejections: &Rejections,
+) -> Option<Either<tokio::net::TcpStream, tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+    let Some(config) = &listening.tls else {
+        return Some(Either::Left(stream));
+    };
+    let handshake = tokio_rustls::TlsAcceptor::from(config.clone()).accept(stream);
+    match tokio::time::timeout(listening.header_read_timeout, handshake).await {
+        Ok(Ok(stream)) => Some(Either::Right(stream)),
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            rejections.count(Rejection::HeaderTimeout);
+            None
+        }
+    }
+}
+
+/// Serves one RESP connection to its end, TLS first if TLS is on (`rediss://`).
+fn serve_resp_connection(
+    stream: tokio::net::TcpStream,
+    node: &Arc<Node>,
+    accepting: &Accepting,
+    permit: OwnedSemaphorePermit,
+) {
+    let node = node.clone();
+    let Accepting {
+        listening,
+        rejections,
+        stop,
+        connections,
+    } = accepting.clone();
+    tokio::spawn(connections.track_future(async move {
+        let _permit = permit;
+        let Some(stream) = handshake(stream, &listening, &rejections).await else {
+            return;
+        };
+        if let Err(e) = crate::resp::serve(stream, node, stop, listening.header_read_timeout).await
+        {
+            debug!(error = %e, "RESP connection ended with an error");
         }
     }));
 }

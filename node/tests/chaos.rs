@@ -250,13 +250,13 @@ async fn inject(
         Fault::Kill => {
             let api = cluster.nodes[victim].api.clone();
             let raft = raft_addr(cluster, victim);
+            let resp = cluster.nodes[victim].resp.clone().expect("a RESP listener");
             cluster.nodes[victim].kill();
             tokio::time::sleep(hold).await;
             cluster.nodes[victim] = TestCluster::start_node_at(
                 victim,
                 cluster.partitions,
-                &api,
-                &raft,
+                [&api, &raft, &resp],
                 &cluster.extra_args,
             );
         }

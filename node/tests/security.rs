@@ -666,7 +666,7 @@ async fn a_cluster_over_tls_with_tokens_and_a_secret_serves_clients_over_https()
         secret,
     ]);
     let nodes: Vec<NodeProcess> = (0..3)
-        .map(|i| TestCluster::start_node_at(i, 8, "127.0.0.1:0", "127.0.0.1:0", &extra))
+        .map(|i| TestCluster::start_node_at(i, 8, ["127.0.0.1:0"; 3], &extra))
         .collect();
     let client = pki.https_client();
     let url = |i: usize, path: &str| format!("https://{}{path}", nodes[i].api);

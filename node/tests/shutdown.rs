@@ -23,7 +23,7 @@ async fn shutdown_waits_for_in_flight_requests_only_as_long_as_the_grace_period(
         safe_stop: Duration::ZERO,
         raft_heartbeat: Duration::from_millis(150),
     };
-    let node = build_node(&config, addr, None).unwrap();
+    let node = build_node(&config, addr, None, None).unwrap();
     let server = tokio::spawn(serve(listener, None, node, options, async {
         let _ = stop_rx.await;
     }));

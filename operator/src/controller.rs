@@ -297,6 +297,7 @@ async fn reconcile_cache(dc: &DistributedCache, ctx: &Context) -> Result<Action>
             name: resources::pod_name(dc, ordinal),
             api_addr: resources::pod_api_addr(dc, ordinal),
             raft_addr: resources::pod_raft_addr(dc, ordinal),
+            resp_addr: None,
         })
         .collect();
     let admin = node_admin(dc, ctx, &namespace).await?;

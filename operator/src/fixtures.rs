@@ -368,6 +368,7 @@ impl FakeNodes {
                 name: pod(*i),
                 api_addr: crate::resources::pod_api_addr(&cache(json!({})), *i),
                 raft_addr: crate::resources::pod_raft_addr(&cache(json!({})), *i),
+                resp_addr: None,
             },
         };
         let leader = cluster.members[0];

@@ -498,6 +498,7 @@ mod tests {
                 name: format!("c-{i}"),
                 api_addr: format!("c-{i}:7000"),
                 raft_addr: format!("c-{i}:7100"),
+                resp_addr: None,
             })
             .collect()
     }

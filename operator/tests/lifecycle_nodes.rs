@@ -93,6 +93,7 @@ impl NodeProcess {
                 name,
                 api_addr: api.expect("listen address logged"),
                 raft_addr: raft.expect("raft address logged"),
+                resp_addr: None,
             },
         }
     }
@@ -148,6 +149,7 @@ impl LocalStatefulSet {
                     name: format!("node-{ordinal}"),
                     api_addr: "127.0.0.1:9".to_owned(),
                     raft_addr: "127.0.0.1:9".to_owned(),
+                    resp_addr: None,
                 },
             })
             .collect()

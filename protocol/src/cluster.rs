@@ -23,6 +23,11 @@ pub struct MemberNode {
     pub api_addr: String,
     /// `host:port` of its Raft endpoint.
     pub raft_addr: String,
+    /// `host:port` of its Redis-protocol listener, when it has one: what `CLUSTER
+    /// SLOTS` and `-MOVED` send Redis Cluster clients to. Each node reports its own,
+    /// so an admin request need not (and a value in one is replaced by the node's).
+    #[serde(default)]
+    pub resp_addr: Option<String>,
 }
 
 /// One member: its stable name and address, and its current Raft incarnation.

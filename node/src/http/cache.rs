@@ -18,7 +18,7 @@ use super::forward::{forward, refuse_if_past_deadline, unavailable};
 use super::{ApiError, Limits, Node};
 use crate::clock::UnixMillis;
 use crate::cluster::Route;
-use crate::raft::Command;
+use crate::raft::{Command, CommandResult};
 use crate::store::{Entry, ValueKind};
 
 /// Header carrying the remaining TTL (whole seconds) of a raw-bytes value.
@@ -41,8 +41,16 @@ pub async fn get_value(
         let linearizable = query.consistency == Consistency::Linearizable;
         match cluster.read(partition, linearizable).await {
             Route::Here(()) => {}
-            Route::Forward(addr) => {
-                return forward(&node, &addr, Method::GET, &uri, &headers, Bytes::new()).await;
+            Route::Forward(member) => {
+                return forward(
+                    &node,
+                    &member.api_addr,
+                    Method::GET,
+                    &uri,
+                    &headers,
+                    Bytes::new(),
+                )
+                .await;
             }
             Route::Unavailable(why) | Route::OutcomeUnknown(why) => {
                 return Err(unavailable(why));
@@ -132,8 +140,16 @@ pub async fn set_value(
                 .await
             {
                 Route::Here(_) => {}
-                Route::Forward(addr) => {
-                    return forward(&node, &addr, method, &uri, &headers, original_body).await;
+                Route::Forward(member) => {
+                    return forward(
+                        &node,
+                        &member.api_addr,
+                        method,
+                        &uri,
+                        &headers,
+                        original_body,
+                    )
+                    .await;
                 }
                 Route::Unavailable(why) => return Err(unavailable(why)),
                 Route::OutcomeUnknown(why) => return Err(ApiError::OutcomeUnknown(why)),
@@ -165,10 +181,17 @@ pub async fn delete_value(
                 .write(partition_of(&key, node.partitions), command)
                 .await
             {
-                Route::Here(result) => result.existed,
-                Route::Forward(addr) => {
-                    return forward(&node, &addr, Method::DELETE, &uri, &headers, Bytes::new())
-                        .await;
+                Route::Here(result) => matches!(result, CommandResult::Deleted { existed: true }),
+                Route::Forward(member) => {
+                    return forward(
+                        &node,
+                        &member.api_addr,
+                        Method::DELETE,
+                        &uri,
+                        &headers,
+                        Bytes::new(),
+                    )
+                    .await;
                 }
                 Route::Unavailable(why) => return Err(unavailable(why)),
                 Route::OutcomeUnknown(why) => return Err(ApiError::OutcomeUnknown(why)),

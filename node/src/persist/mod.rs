@@ -58,7 +58,16 @@ pub struct Identity {
     pub raft_id: NodeId,
     pub node_name: String,
     pub partitions: u32,
+    /// How the log and snapshots are laid out ([`DATA_FORMAT`]); directories written
+    /// before it was recorded read as 0.
+    #[serde(default)]
+    pub format: u32,
 }
+
+/// The layout this build reads and writes. 1: keys in partitions by Redis Cluster
+/// slot (0 placed them by XXH3), members with a RESP address, read-modify-write
+/// commands in the log.
+pub const DATA_FORMAT: u32 = 1;
 
 const IDENTITY_FILE: &str = "identity.json";
 const LOCK_FILE: &str = "LOCK";
@@ -118,6 +127,19 @@ impl DataDir {
                         ),
                     ));
                 }
+                if identity.format != DATA_FORMAT {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "data directory {} holds data format {}, and this build reads \
+                             only format {DATA_FORMAT}, which places keys by Redis Cluster \
+                             slot: a cluster written by an older release cannot be read \
+                             by this one; start the new release with empty data directories",
+                            path.display(),
+                            identity.format
+                        ),
+                    ));
+                }
                 if identity.partitions != partitions {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
@@ -136,6 +158,7 @@ impl DataDir {
                     raft_id: rand::random::<u64>().max(1),
                     node_name: node_name.to_owned(),
                     partitions,
+                    format: DATA_FORMAT,
                 };
                 let json = serde_json::to_vec_pretty(&identity).map_err(io::Error::other)?;
                 write_atomically(&identity_path, &json)?;
@@ -359,6 +382,19 @@ mod tests {
         assert_eq!(
             DataDir::open(dir.path(), "a", 64).unwrap().identity.raft_id,
             raft_id
+        );
+    }
+
+    #[test]
+    fn a_data_dir_of_an_older_format_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let older = br#"{"raft_id": 7, "node_name": "a", "partitions": 64}"#;
+        std::fs::write(dir.path().join(IDENTITY_FILE), older).unwrap();
+        let refused = DataDir::open(dir.path(), "a", 64).unwrap_err();
+        assert!(refused.to_string().contains("data format 0"), "{refused}");
+        assert_eq!(
+            std::fs::read(dir.path().join(IDENTITY_FILE)).unwrap(),
+            older.to_vec()
         );
     }
 }

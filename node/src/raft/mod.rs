@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixMillis;
 use crate::store::ValueKind;
+use crate::store::update::{Update, UpdateOutcome};
 pub use cluster_state::{ClusterCommand, ClusterState};
 
 /// A node's Raft identity: one per incarnation. A node that restarts without its state
@@ -66,6 +67,12 @@ pub enum Command {
         key: Bytes,
     },
     Cluster(ClusterCommand),
+    /// A conditional or read-modify-write command, decided when applied, with the
+    /// proposer's clock (see [`crate::store::update`]).
+    Update {
+        now: UnixMillis,
+        update: Update,
+    },
 }
 
 impl fmt::Display for Command {
@@ -81,15 +88,24 @@ impl fmt::Display for Command {
             }
             Self::Delete { key } => write!(f, "delete {:?}", String::from_utf8_lossy(key)),
             Self::Cluster(command) => write!(f, "cluster {command}"),
+            Self::Update { update, .. } => {
+                let keys: Vec<_> = update.keys().map(|k| String::from_utf8_lossy(k)).collect();
+                write!(f, "update {keys:?}")
+            }
         }
     }
 }
 
 /// What applying a command did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandResult {
-    /// For a delete: whether the key held a live value.
-    pub existed: bool,
+pub enum CommandResult {
+    #[default]
+    Done,
+    /// A delete: whether the key held a live value.
+    Deleted {
+        existed: bool,
+    },
+    Updated(UpdateOutcome),
 }
 
 openraft::declare_raft_types!(

@@ -1,10 +1,11 @@
 //! Applies committed commands: a partition group's to the node's store, the cluster
 //! group's to the cluster state.
 //!
-//! Snapshots of a partition are taken while writes keep being applied, so one may hold
-//! values newer than its `last_log_id`. That is safe here: every command is a blind
-//! set or delete of one key with an absolute expiry, so replaying the entries after the
-//! snapshot's index, in order, ends in exactly the leader's state.
+//! A snapshot holds exactly the state at its `last_log_id`: building one holds the
+//! group's apply gate while it copies the data, so no entry is applied meanwhile.
+//! Commands are not all idempotent (INCR, APPEND): a snapshot holding values newer than
+//! its position would have them applied twice by a replica that installs it and then
+//! replays the entries after that position.
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -54,6 +55,8 @@ pub struct GroupStateMachine {
     target: Target,
     applied: Arc<Mutex<Applied>>,
     disk: Option<Arc<SnapshotDisk>>,
+    /// Held while entries are applied and while a snapshot copies the data.
+    gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl GroupStateMachine {
@@ -63,6 +66,7 @@ impl GroupStateMachine {
             target,
             applied: Arc::default(),
             disk: None,
+            gate: Arc::default(),
         }
     }
 
@@ -86,6 +90,7 @@ impl GroupStateMachine {
                 disk,
                 group,
             })),
+            gate: Arc::default(),
         };
         if let Some(snapshot) = snapshot {
             machine.restore(&snapshot.snapshot)?;
@@ -121,37 +126,16 @@ impl GroupStateMachine {
 
     fn apply_command(&self, command: &Command) -> CommandResult {
         match (&self.target, command) {
-            (
-                Target::Partition { store, .. },
-                Command::Set {
-                    key,
-                    kind,
-                    data,
-                    expires_at,
-                },
-            ) => {
-                store.set(
-                    key.clone(),
-                    Entry {
-                        kind: *kind,
-                        data: data.clone(),
-                        expires_at: *expires_at,
-                    },
-                );
-                CommandResult::default()
-            }
-            (Target::Partition { store, .. }, Command::Delete { key }) => CommandResult {
-                existed: store.delete(key),
-            },
             (Target::Cluster(view), Command::Cluster(command)) => {
                 view.apply(command);
-                CommandResult::default()
+                CommandResult::Done
             }
+            (Target::Partition { store, .. }, command) => apply_to_store(store, command),
             // Only this node's own code proposes commands, always to the right group; a
             // mismatch is a bug, not input, and applying nothing keeps replicas in step.
-            (_, command) => {
+            (Target::Cluster(_), command) => {
                 tracing::error!(%command, "command proposed to the wrong kind of group; ignored");
-                CommandResult::default()
+                CommandResult::Done
             }
         }
     }
@@ -199,7 +183,8 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
-        // The log position is read before the data, so the data is at least that new.
+        // Nothing is applied between reading the log position and copying the data.
+        let gate = self.gate.clone().lock_owned().await;
         let meta = {
             let applied = self.applied();
             SnapshotMeta {
@@ -208,9 +193,13 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
             }
         };
         let machine = self.clone();
-        let data = tokio::task::spawn_blocking(move || machine.snapshot_data())
-            .await
-            .map_err(io::Error::other)??;
+        let data = tokio::task::spawn_blocking(move || {
+            let data = machine.snapshot_data();
+            drop(gate);
+            data
+        })
+        .await
+        .map_err(io::Error::other)??;
         let snapshot = Snapshot {
             meta,
             snapshot: data,
@@ -238,14 +227,15 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         Entries:
             Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
+        let _gate = self.gate.lock().await;
         while let Some((entry, responder)) = entries.try_next().await? {
             let result = match &entry.payload {
-                EntryPayload::Blank => CommandResult::default(),
+                EntryPayload::Blank => CommandResult::Done,
                 EntryPayload::Normal(command) => self.apply_command(command),
                 EntryPayload::Membership(membership) => {
                     self.applied().membership =
                         StoredMembership::new(Some(entry.log_id), membership.clone());
-                    CommandResult::default()
+                    CommandResult::Done
                 }
             };
             self.applied().last_applied = Some(entry.log_id);
@@ -286,5 +276,36 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
         Ok(self.applied().snapshot.clone())
+    }
+}
+
+/// Applies a partition's command to `store`: what every replica does with a committed
+/// entry, and what a standalone node does with a write at once.
+pub fn apply_to_store(store: &Store, command: &Command) -> CommandResult {
+    match command {
+        Command::Set {
+            key,
+            kind,
+            data,
+            expires_at,
+        } => {
+            store.set(
+                key.clone(),
+                Entry {
+                    kind: *kind,
+                    data: data.clone(),
+                    expires_at: *expires_at,
+                },
+            );
+            CommandResult::Done
+        }
+        Command::Delete { key } => CommandResult::Deleted {
+            existed: store.delete(key),
+        },
+        Command::Update { now, update } => CommandResult::Updated(store.apply_update(update, *now)),
+        Command::Cluster(command) => {
+            tracing::error!(%command, "cluster command proposed to a partition; ignored");
+            CommandResult::Done
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! ([`Store::run_maintenance`]) and, to the millisecond, on read.
 
 mod snapshot;
+pub mod update;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -24,6 +24,8 @@ pub struct NodeProcess {
     pub name: String,
     pub api: String,
     pub raft: Option<String>,
+    /// Its RESP address, when started with `--resp-listen`.
+    pub resp: Option<String>,
     pub base: String,
 }
 
@@ -65,11 +67,16 @@ impl NodeProcess {
                             .and_then(|rest| rest.split_whitespace().next())
                             .map(|v| v.trim_matches('"').to_owned())
                     };
-                    let _ = tx.send((field("node_id"), field("listen"), field("raft")));
+                    let _ = tx.send((
+                        field("node_id"),
+                        field("listen"),
+                        field("raft"),
+                        field("resp"),
+                    ));
                 }
             }
         });
-        let (name, api, raft) = rx
+        let (name, api, raft, resp) = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("dcache-node logs its listen addresses");
         let api = api.expect("listen address logged");
@@ -79,6 +86,7 @@ impl NodeProcess {
             base: format!("http://{api}"),
             api,
             raft: raft.filter(|r| r != "standalone"),
+            resp: resp.filter(|r| r != "off"),
         }
     }
 
@@ -115,13 +123,12 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    /// Starts one cluster node process named `node-{index}` listening on `api` and
-    /// `raft` (`127.0.0.1:0` for free ports).
+    /// Starts one cluster node process named `node-{index}` listening on `api`, `raft`
+    /// and `resp` (`127.0.0.1:0` for free ports).
     pub fn start_node_at(
         index: usize,
         partitions: u32,
-        api: &str,
-        raft: &str,
+        [api, raft, resp]: [&str; 3],
         extra_args: &[String],
     ) -> NodeProcess {
         let election = format!("{}ms", ELECTION_TIMEOUT.as_millis());
@@ -132,6 +139,8 @@ impl TestCluster {
             api,
             "--raft-listen",
             raft,
+            "--resp-listen",
+            resp,
             "--node-id",
             &name,
             "--partitions",
@@ -176,8 +185,7 @@ impl TestCluster {
         Self::start_node_at(
             index,
             self.partitions,
-            "127.0.0.1:0",
-            "127.0.0.1:0",
+            ["127.0.0.1:0"; 3],
             &self.node_args(index),
         )
     }
@@ -194,8 +202,13 @@ impl TestCluster {
     pub fn start_again(&mut self, index: usize) {
         let api = self.nodes[index].api.clone();
         let raft = self.nodes[index].raft.clone().expect("a cluster node");
-        self.nodes[index] =
-            Self::start_node_at(index, self.partitions, &api, &raft, &self.node_args(index));
+        let resp = self.nodes[index].resp.clone().expect("a RESP listener");
+        self.nodes[index] = Self::start_node_at(
+            index,
+            self.partitions,
+            [&api, &raft, &resp],
+            &self.node_args(index),
+        );
     }
 
     /// Starts `n` cluster nodes and initialises them as one cluster.

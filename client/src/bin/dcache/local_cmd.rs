@@ -16,8 +16,12 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
         Some(LocalAction::AddNode { timeout }) => {
             let node = local::add_node_to_recorded(&args.data_dir).await?;
             eprintln!(
-                "added {} (api {}, raft {}, pid {}); rebalancing…",
-                node.name, node.api_addr, node.raft_addr, node.pid
+                "added {} (api {}, raft {}, resp {}, pid {}); rebalancing…",
+                node.name,
+                node.api_addr,
+                node.raft_addr,
+                node.resp_addr.as_deref().unwrap_or("off"),
+                node.pid
             );
             let state = LocalState::load(&args.data_dir)?;
             let client = dcache_client::Client::builder(state.api_addrs()).build()?;
@@ -74,18 +78,35 @@ async fn run_foreground(args: LocalArgs) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64(),
         cluster.data_dir().display()
     );
-    println!("{:<10} {:<22} {:<22} {:>8}", "node", "api", "raft", "pid");
+    println!(
+        "{:<10} {:<22} {:<22} {:<22} {:>8}",
+        "node", "api", "raft", "resp", "pid"
+    );
     for node in &cluster.state.nodes {
         println!(
-            "{:<10} {:<22} {:<22} {:>8}",
-            node.name, node.api_addr, node.raft_addr, node.pid
+            "{:<10} {:<22} {:<22} {:<22} {:>8}",
+            node.name,
+            node.api_addr,
+            node.raft_addr,
+            node.resp_addr.as_deref().unwrap_or("off"),
+            node.pid
         );
     }
     println!(
         "\nexport DCACHE_NODES={}\n\ntry: dcache cluster | dcache set user:1 '{{\"name\":\"Alice\"}}' | \
-         dcache local add-node | dcache bench -d 10s\nCtrl-C stops every node.",
+         dcache local add-node | dcache bench -d 10s",
         cluster.api_addrs().join(",")
     );
+    if let Some(resp) = cluster
+        .state
+        .nodes
+        .iter()
+        .find_map(|n| n.resp_addr.as_deref())
+    {
+        let port = resp.rsplit(':').next().unwrap_or(resp);
+        println!("Redis clients: redis-cli -c -p {port}");
+    }
+    println!("Ctrl-C stops every node.");
 
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
