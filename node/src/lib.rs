@@ -19,6 +19,7 @@ pub mod placement;
 pub mod raft;
 pub mod readiness;
 pub mod reloading;
+pub mod resp;
 pub mod server;
 pub mod store;
 pub mod tls;
