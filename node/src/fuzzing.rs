@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::body::{Body, Bytes};
 use axum::http::{Method, Request, StatusCode, Uri, header};
+use bytes::BytesMut;
 use http_body_util::BodyExt;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
@@ -28,6 +29,7 @@ use crate::http::{Access, Limits, Node, access, router};
 use crate::raft::membership::{CopyStatus, DropRequest, ReconcileOutcome, ReconcileRequest};
 use crate::raft::rpc::WriteOutcome;
 use crate::raft::{ClusterState, Command, CommandResult, MemberNode, NodeId, TypeConfig, snapshot};
+use crate::resp::codec::{ProtocolError, ProtocolVersion, Reply, RequestLimits, parse_request};
 use crate::store::{EvictionPolicy, Store, StoreConfig, read_snapshot, write_snapshot};
 
 /// Small limits, so that inputs a fuzzer can reach exercise the 413 paths.
@@ -356,6 +358,211 @@ fn partition_entries(body: &[u8]) {
     }
 }
 
+/// RESP requests as a connection reads them: the first byte picks how the rest is cut
+/// into reads, the second the limits (Redis's, or small ones an input can exceed).
+///
+/// Invariants: no panic; however the input is cut, the same requests come out and it
+/// ends with the same error or the same bytes left over; an error is final (more bytes
+/// give the same error, and nothing more is consumed); consumed and remaining bytes
+/// always add up to what was read; every request re-encoded as a multibulk parses back
+/// to the same arguments; replies built from the arguments write well-framed RESP2 and
+/// RESP3, with doubles that read back to the same value.
+pub fn resp_request(data: &[u8]) {
+    resp_outcome(data);
+}
+
+/// What [`resp_request`] parsed: the requests and how the input ended.
+type RespOutcome = (Vec<Vec<Bytes>>, Result<usize, ProtocolError>);
+
+fn resp_outcome(data: &[u8]) -> Option<RespOutcome> {
+    let [cut, limits, input @ ..] = data else {
+        return None;
+    };
+    let limits = match limits % 2 {
+        0 => RequestLimits::default(),
+        _ => RequestLimits {
+            max_bulk_bytes: 64,
+            max_args: 8,
+            max_inline_bytes: 48,
+        },
+    };
+    // Reads of 1 to 2^(cut % 8) bytes, their lengths drawn from a generator seeded by it.
+    let longest = 1usize << (cut % 8);
+    let mut state = u32::from(*cut) | 0x100;
+    let mut pieces = Vec::new();
+    let mut at = 0;
+    while at < input.len() {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let len = 1 + state as usize % longest;
+        pieces.push(&input[at..input.len().min(at + len)]);
+        at += len;
+    }
+    let outcome = read_requests(&pieces, &limits);
+    assert_eq!(
+        outcome,
+        read_requests(&[input], &limits),
+        "cutting the input into reads changed what it parses to"
+    );
+    for args in &outcome.0 {
+        assert!(!args.is_empty(), "an empty request was returned");
+        let widest = limits.max_bulk_bytes.max(limits.max_inline_bytes);
+        assert!(args.len() <= limits.max_args.max(widest));
+        assert!(
+            args.iter().all(|arg| arg.len() <= widest),
+            "an argument past the limits"
+        );
+        let mut encoded = BytesMut::new();
+        Reply::Array(args.iter().cloned().map(Reply::Bulk).collect())
+            .write(ProtocolVersion::Resp2, &mut encoded);
+        let again = parse_request(&mut encoded, &RequestLimits::default());
+        assert_eq!(
+            again.as_ref(),
+            Ok(&Some(args.clone())),
+            "re-encoded request"
+        );
+        assert!(encoded.is_empty(), "re-encoding left bytes over");
+        let reply = replies_from(args);
+        for version in [ProtocolVersion::Resp2, ProtocolVersion::Resp3] {
+            let mut out = BytesMut::new();
+            reply.write(version, &mut out);
+            assert_eq!(
+                reply_end(&out, 0),
+                out.len(),
+                "a reply is one frame ({version:?})"
+            );
+        }
+    }
+    Some(outcome)
+}
+
+/// Feeds `pieces` to the parser one read at a time, taking requests off after each.
+fn read_requests(pieces: &[&[u8]], limits: &RequestLimits) -> RespOutcome {
+    let mut buf = BytesMut::new();
+    let (mut read, mut consumed) = (0, 0);
+    let mut requests = Vec::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        buf.extend_from_slice(piece);
+        read += piece.len();
+        loop {
+            let before = buf.len();
+            let parsed = parse_request(&mut buf, limits);
+            consumed += before - buf.len();
+            assert_eq!(consumed + buf.len(), read, "bytes lost or made up");
+            match parsed {
+                Ok(Some(args)) => {
+                    let bytes: usize = args.iter().map(Bytes::len).sum();
+                    assert!(
+                        bytes <= before - buf.len(),
+                        "arguments longer than their request"
+                    );
+                    requests.push(args);
+                }
+                Ok(None) => {
+                    let left = buf.len();
+                    assert_eq!(parse_request(&mut buf, limits), Ok(None));
+                    assert_eq!(buf.len(), left, "an incomplete request was consumed");
+                    break;
+                }
+                Err(error) => {
+                    // Final: the rest of the input changes neither the error nor the buffer.
+                    let left = buf.len();
+                    for rest in &pieces[i + 1..] {
+                        buf.extend_from_slice(rest);
+                    }
+                    let more = buf.len() - left;
+                    assert_eq!(parse_request(&mut buf, limits), Err(error.clone()));
+                    assert_eq!(buf.len(), left + more, "consumed past an error");
+                    return (requests, Err(error));
+                }
+            }
+        }
+    }
+    (requests, Ok(buf.len()))
+}
+
+/// A reply of every kind from a request's arguments, each picked by its first byte.
+fn replies_from(args: &[Bytes]) -> Reply {
+    use std::borrow::Cow;
+    let text = |arg: &Bytes| Cow::Owned(String::from_utf8_lossy(arg).into_owned());
+    let number = |arg: &Bytes| {
+        let mut bytes = [0; 8];
+        let n = arg.len().min(8);
+        bytes[..n].copy_from_slice(&arg[..n]);
+        u64::from_le_bytes(bytes)
+    };
+    let items: Vec<Reply> = args
+        .iter()
+        .map(|arg| match arg.first().copied().unwrap_or(0) % 9 {
+            0 => Reply::Bulk(arg.clone()),
+            1 => Reply::Simple(text(arg)),
+            2 => Reply::Error(text(arg)),
+            3 => Reply::Integer(number(arg) as i64),
+            4 => Reply::Double(f64::from_bits(number(arg))),
+            5 => Reply::Bool(arg.len() % 2 == 0),
+            6 => Reply::Verbatim(text(&args[0]), text(arg).into_owned()),
+            7 => Reply::Set(vec![Reply::Nil, Reply::Bulk(arg.clone())]),
+            _ => Reply::NilArray,
+        })
+        .collect();
+    let pairs = items
+        .chunks(2)
+        .map(|pair| (pair[0].clone(), pair.get(1).cloned().unwrap_or(Reply::Ok)))
+        .collect();
+    Reply::Array(vec![Reply::Map(pairs), Reply::Array(items), Reply::Ok])
+}
+
+/// Where the RESP2 or RESP3 reply starting at `out[at]` ends; panics if it is not one.
+fn reply_end(out: &[u8], at: usize) -> usize {
+    let line_end = at
+        + out[at..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a reply line ends with CRLF");
+    let line = std::str::from_utf8(&out[at + 1..line_end]).expect("a reply line is text");
+    assert!(!line.contains(['\r', '\n']), "a line break inside {line:?}");
+    let next = line_end + 2;
+    let count = || line.parse::<usize>().expect("a length");
+    match out[at] {
+        b'+' | b'-' => next,
+        b':' => {
+            line.parse::<i64>().expect("an integer");
+            next
+        }
+        b',' => {
+            line.parse::<f64>().expect("a double Rust reads back");
+            next
+        }
+        b'#' => {
+            assert!(line == "t" || line == "f", "a boolean");
+            next
+        }
+        b'_' => {
+            assert!(line.is_empty());
+            next
+        }
+        b'$' | b'*' if line == "-1" => next,
+        b'$' | b'=' => {
+            let end = next + count();
+            assert_eq!(&out[end..end + 2], b"\r\n", "a bulk ends with CRLF");
+            if out[at] == b'=' {
+                assert_eq!(out[next + 3], b':', "a verbatim string's format");
+            }
+            end + 2
+        }
+        b'*' | b'~' | b'%' => {
+            let items = if out[at] == b'%' {
+                2 * count()
+            } else {
+                count()
+            };
+            (0..items).fold(next, |at, _| reply_end(out, at))
+        }
+        other => panic!("no reply starts with {:?}", char::from(other)),
+    }
+}
+
 /// A fuzz target: arbitrary bytes in, a panic only on a broken invariant.
 pub type Target = fn(&[u8]);
 
@@ -364,6 +571,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("http_request", http_request),
     ("raft_rpc", raft_rpc),
     ("snapshot", snapshot),
+    ("resp_request", resp_request),
 ];
 
 /// Well-formed inputs to start each target from: what real peers and clients send.
@@ -373,6 +581,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "http_request" => http_seeds(),
         "raft_rpc" => raft_seeds(),
         "snapshot" => snapshot_seeds(),
+        "resp_request" => resp_seeds(),
         other => panic!("no fuzz target {other:?}"),
     }
 }
@@ -518,6 +727,46 @@ fn snapshot_seeds() -> Vec<Vec<u8>> {
     ]
 }
 
+/// Requests as clients send them, cut into reads of every size, and the malformed ones
+/// Redis refuses.
+fn resp_seeds() -> Vec<Vec<u8>> {
+    let seed = |cut: u8, limits: u8, input: &[u8]| [&[cut, limits][..], input].concat();
+    let set_get =
+        b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$5\r\nvalue\r\n*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n";
+    vec![
+        // Valid pipelines, whole and in reads of 1, 2-8 and up to 128 bytes.
+        seed(0, 0, set_get),
+        seed(3, 0, set_get),
+        seed(7, 0, set_get),
+        seed(
+            5,
+            1,
+            b"*2\r\n$4\r\nECHO\r\n$7\r\na\r\nb\x00\xffc\r\n*1\r\n$4\r\nPING\r\n",
+        ),
+        seed(1, 0, b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n\r\nPING\r\n"),
+        // Inline commands, with Redis's quoting.
+        seed(2, 0, b"PING\r\nSET a \"b c\" 'd'\r\nGET \"\\x41\\n\"\n"),
+        seed(6, 0, b"MSET k 'it\\'s' k2 \"q\\\"uote\\t\" k3 \"\"\r\n"),
+        seed(4, 1, b"SET a \"unbalanced\r\n"),
+        seed(0, 1, &[b'a'; 60]),
+        // Malformed arrays.
+        seed(1, 0, b"*2\r\n$3\r\nGET\r\n:1\r\n"),
+        seed(0, 0, b"*abc\r\n"),
+        seed(2, 0, b"*1\r\n$3\r\nfooXY"),
+        seed(3, 0, b"*01\r\n$1\r\na\r\n"),
+        // Huge and negative lengths, refused at the header.
+        seed(0, 0, b"*1\r\n$4000000000\r\n"),
+        seed(0, 1, b"*1\r\n$65\r\n"),
+        seed(1, 0, b"*1\r\n$-1\r\n"),
+        seed(0, 0, b"*3000000000\r\n"),
+        seed(0, 1, b"*9\r\n"),
+        // Partial frames.
+        seed(1, 0, b"*3\r\n$3\r\nSET\r\n$3\r\nke"),
+        seed(0, 0, b"*1\r\n$5\r\nhel"),
+        seed(2, 0, b"*2\r"),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,5 +810,20 @@ mod tests {
         assert!(!chunks.is_empty());
         assert_eq!(read_snapshot(&seeds[1][2..]).expect("entries").len(), 4);
         serde_json::from_slice::<ClusterState>(&seeds[2][2..]).expect("a cluster state");
+    }
+
+    #[test]
+    fn resp_seeds_parse_to_requests_errors_and_leftovers() {
+        let outcomes: Vec<RespOutcome> = resp_seeds()
+            .iter()
+            .map(|seed| resp_outcome(seed).expect("a seed has its two control bytes"))
+            .collect();
+        let requests = outcomes.iter().filter(|o| !o.0.is_empty()).count();
+        let errors = outcomes.iter().filter(|o| o.1.is_err()).count();
+        let partial = outcomes
+            .iter()
+            .filter(|o| matches!(o.1, Ok(n) if n > 0))
+            .count();
+        assert!(requests >= 7 && errors >= 9 && partial >= 3, "{outcomes:?}");
     }
 }

@@ -418,9 +418,21 @@ async fn tokens_and_scopes_apply_to_resp_commands() {
     let resp = node.resp.clone().unwrap();
     let mut anonymous = plain_connection(&resp).await;
     let refused: RedisResult<Value> = cmd("GET").arg("k").query_async(&mut anonymous).await;
-    assert!(refused.unwrap_err().to_string().to_lowercase().contains("noauth"));
+    assert!(
+        refused
+            .unwrap_err()
+            .to_string()
+            .to_lowercase()
+            .contains("noauth")
+    );
     let wrong: RedisResult<Value> = cmd("AUTH").arg("nope").query_async(&mut anonymous).await;
-    assert!(wrong.unwrap_err().to_string().to_lowercase().contains("wrongpass"));
+    assert!(
+        wrong
+            .unwrap_err()
+            .to_string()
+            .to_lowercase()
+            .contains("wrongpass")
+    );
 
     let mut reader = plain_connection(&resp).await;
     let _: () = cmd("AUTH")

@@ -7,6 +7,10 @@
 //! client use, so a key lives in one partition whichever protocol wrote it. A
 //! connection's requests are run in order; the replies of everything a read brought
 //! in are written together.
+//!
+//! [`codec`] takes requests off a connection's read buffer, held to limits that refuse
+//! a hostile length as soon as its header arrives, and writes replies straight into
+//! the write buffer in the protocol version the connection chose.
 
 pub mod codec;
 mod commands;
@@ -21,7 +25,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use codec::{Reply, RequestLimits, parse_request};
+use codec::{RequestLimits, parse_request};
 pub use session::Session;
 
 use crate::http::Node;
@@ -78,7 +82,7 @@ where
                 Err(refused) => {
                     // Redis answers a protocol error and closes: what follows in the
                     // stream cannot be framed any more.
-                    Reply::Error(refused.to_string().into()).write(session.version, &mut output);
+                    refused.reply().write(session.version, &mut output);
                     stream.write_all(&output).await?;
                     return stream.shutdown().await;
                 }
