@@ -489,14 +489,14 @@ fn spawn_client_workers(
             .name(format!("dcache-http-{worker}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    while let Some((stream, permit, door)) = incoming.recv().await {
+                    while let Some((stream, admission, door)) = incoming.recv().await {
                         match tokio::net::TcpStream::from_std(stream) {
                             Ok(stream) => match door {
                                 FrontDoor::Http => {
-                                    serve_connection(stream, &app, &accepting, Some(permit));
+                                    serve_connection(stream, &app, &accepting, Some(admission));
                                 }
                                 FrontDoor::Resp => {
-                                    serve_resp_connection(stream, &node, &accepting, permit);
+                                    serve_resp_connection(stream, &node, &accepting, admission);
                                 }
                             },
                             Err(e) => warn!(error = %e, "cannot register a connection"),
@@ -518,8 +518,16 @@ enum FrontDoor {
     Resp,
 }
 
-/// An accepted client connection, with its place under `--max-connections`.
-type Admitted = (std::net::TcpStream, OwnedSemaphorePermit, FrontDoor);
+/// An accepted client connection's place under `--max-connections`, and its place among
+/// the connections shutdown waits for, both held from the accept on: a connection still
+/// on its way to a worker when shutdown begins is waited for too.
+struct Admission {
+    _permit: OwnedSemaphorePermit,
+    _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
+}
+
+/// An accepted client connection on its way to a worker.
+type Admitted = (std::net::TcpStream, Admission, FrontDoor);
 
 /// What every accepted connection is served with.
 #[derive(Clone)]
@@ -558,11 +566,15 @@ async fn accept_loop(
             drop(stream);
             continue;
         };
+        let admission = Admission {
+            _permit: permit,
+            _tracked: accepting.connections.token(),
+        };
         // Small request/response pairs: never wait on Nagle.
         let _ = stream.set_nodelay(true);
         match stream.into_std() {
             Ok(stream) => {
-                if workers[next].send((stream, permit, door)).is_err() {
+                if workers[next].send((stream, admission, door)).is_err() {
                     error!("client worker {next} is gone");
                 }
             }
@@ -598,7 +610,7 @@ fn serve_connection(
     stream: tokio::net::TcpStream,
     app: &Router,
     accepting: &Accepting,
-    permit: Option<OwnedSemaphorePermit>,
+    admission: Option<Admission>,
 ) {
     let service = TowerToHyperService::new(app.clone());
     let Accepting {
@@ -608,7 +620,7 @@ fn serve_connection(
         connections,
     } = accepting.clone();
     tokio::spawn(connections.track_future(async move {
-        let _permit = permit;
+        let _admission = admission;
         let Some(stream) = handshake(stream, &listening, &rejections).await else {
             return;
         };
@@ -663,7 +675,7 @@ fn serve_resp_connection(
     stream: tokio::net::TcpStream,
     node: &Arc<Node>,
     accepting: &Accepting,
-    permit: OwnedSemaphorePermit,
+    admission: Admission,
 ) {
     let node = node.clone();
     let Accepting {
@@ -673,7 +685,7 @@ fn serve_resp_connection(
         connections,
     } = accepting.clone();
     tokio::spawn(connections.track_future(async move {
-        let _permit = permit;
+        let _admission = admission;
         let Some(stream) = handshake(stream, &listening, &rejections).await else {
             return;
         };

@@ -128,3 +128,102 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
     }
     Guard(Some(f))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::http::Limits;
+    use crate::store::{EvictionPolicy, Store, StoreConfig};
+
+    fn standalone() -> Arc<Node> {
+        let store = Store::new(
+            StoreConfig {
+                max_memory: 1 << 20,
+                eviction_policy: EvictionPolicy::Tinylfu,
+            },
+            Clock::new(),
+        );
+        let limits = Limits {
+            max_key_bytes: 64,
+            max_value_bytes: 256,
+        };
+        Arc::new(Node::new("test".into(), store, limits, None, 8))
+    }
+
+    /// Sends `input` on a fresh connection, closes the sending side and returns all
+    /// the node wrote back before it closed.
+    async fn converse(node: &Arc<Node>, input: &[u8]) -> String {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let serving = tokio::spawn(serve(
+            server,
+            node.clone(),
+            CancellationToken::new(),
+            Duration::from_secs(5),
+        ));
+        client.write_all(input).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut output = Vec::new();
+        client.read_to_end(&mut output).await.unwrap();
+        let _ = serving.await.unwrap();
+        String::from_utf8_lossy(&output).into_owned()
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order() {
+        let node = standalone();
+        let output = converse(
+            &node,
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\nINCR k\r\nGET k\r\nPING\r\n",
+        )
+        .await;
+        assert_eq!(output, "+OK\r\n:2\r\n$1\r\n2\r\n+PONG\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_protocol_error_is_answered_writes_nothing_and_closes() {
+        let node = standalone();
+        let output = converse(
+            &node,
+            b"SET before 1\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$-5\r\nv\r\nSET after 1\r\n",
+        )
+        .await;
+        assert_eq!(
+            output, "+OK\r\n-ERR Protocol error: invalid bulk length\r\n",
+            "the request before is served, the broken one refused, nothing after read"
+        );
+        assert!(node.store.get(b"before").is_some());
+        assert!(node.store.get(b"k").is_none());
+        assert!(node.store.get(b"after").is_none());
+    }
+
+    #[tokio::test]
+    async fn an_argument_over_the_value_limit_is_refused_at_its_header() {
+        let node = standalone();
+        let output = converse(&node, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100000\r\n").await;
+        assert!(output.starts_with("-ERR Protocol error"), "{output}");
+        assert!(node.store.get(b"k").is_none());
+    }
+
+    #[tokio::test]
+    async fn bad_commands_get_redis_errors_and_change_nothing() {
+        let node = standalone();
+        let output = converse(
+            &node,
+            b"FLUSHALL\r\nGET\r\nSET k v EX 0\r\nSET k v NX XX\r\nINCRBY k x\r\nEXISTS k\r\n",
+        )
+        .await;
+        let lines: Vec<&str> = output.split("\r\n").collect();
+        assert_eq!(
+            lines[..6],
+            [
+                "-ERR unknown command 'FLUSHALL', with args beginning with: ",
+                "-ERR wrong number of arguments for 'get' command",
+                "-ERR invalid expire time in 'set' command",
+                "-ERR syntax error",
+                "-ERR value is not an integer or out of range",
+                ":0",
+            ]
+        );
+    }
+}
