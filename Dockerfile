@@ -23,6 +23,7 @@ LABEL org.opencontainers.image.title="dcache" \
       org.opencontainers.image.source="https://example.invalid/dcache"
 COPY --from=build /out/dcache-node /out/dcache-operator /out/dcache /usr/local/bin/
 USER 65532:65532
-# The cache API and metrics; the Raft endpoint (the ports the operator configures).
-EXPOSE 7000 7100
+# The cache API and metrics; the Raft endpoint; the Redis protocol (the ports the
+# operator configures).
+EXPOSE 7000 7100 6379
 ENTRYPOINT ["/usr/local/bin/dcache-node"]

@@ -43,6 +43,18 @@ async fn creates_services_budget_and_statefulset_from_nothing() {
         let (replicas, sts) = server.expect_statefulset_apply().await;
         assert_eq!(replicas, 3);
         assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");
+        // The Redis protocol door: listened on, advertised by pod name, declared.
+        let container = &sts["spec"]["template"]["spec"]["containers"][0];
+        let env = container["env"].as_array().unwrap();
+        assert!(env.contains(&json!({"name": "DCACHE_RESP_LISTEN", "value": "0.0.0.0:6379"})));
+        assert!(env.contains(&json!({"name": "DCACHE_ADVERTISE_RESP",
+            "value": "$(POD_NAME).cache-peers.$(POD_NAMESPACE).svc:6379"})));
+        assert!(
+            container["ports"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "resp", "containerPort": 6379, "protocol": "TCP"}))
+        );
         written = Some(server.expect_status().await);
         server
     })

@@ -64,6 +64,7 @@ pub const API_VERSION: &str = "dcache.io/v1alpha1";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = kubernetes_formats)]
 pub struct DistributedCacheSpec {
     /// Cache nodes (pods). Scaling drains or fills ring membership before pods go or
     /// after they come.
@@ -94,7 +95,9 @@ pub struct DistributedCacheSpec {
     #[serde(default)]
     pub eviction_policy: EvictionPolicy,
 
-    /// Partitions the key space hashes into. Fixed for the life of the cluster.
+    /// Partitions the key space hashes into, 1 to 4096 (what dcache-node accepts).
+    /// Partitions are contiguous ranges of Redis Cluster's 16,384 hash slots. Fixed for
+    /// the life of the cluster.
     #[serde(default = "default_partitions")]
     #[schemars(range(min = 1, max = 4096))]
     pub partitions: u32,
@@ -126,9 +129,10 @@ pub struct DistributedCacheSpec {
     pub auth: Option<SecretReference>,
 
     /// TLS Secret (as cert-manager writes it: `tls.crt`, `tls.key`, `ca.crt`) for the
-    /// API and Raft. The certificate must name the pods,
-    /// `*.<name>-headless.<namespace>.svc`, and the client Service
-    /// `<name>.<namespace>.svc`; renewals are picked up without a restart.
+    /// API (HTTP and the Redis protocol port, one certificate) and Raft. The certificate
+    /// must name the pods, `*.<name>-peers.<namespace>.svc` (Redis Cluster clients are
+    /// redirected to those names), and the client Service `<name>.<namespace>.svc`;
+    /// renewals are picked up without a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<SecretReference>,
 
@@ -270,6 +274,7 @@ impl Default for PodDisruptionBudgetSpec {
 /// What the operator saw and did.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = kubernetes_formats)]
 pub struct DistributedCacheStatus {
     /// Pods of the StatefulSet (the scale subresource reads it).
     #[serde(default)]
@@ -338,6 +343,86 @@ pub struct LostPartitionStatus {
     pub reason: String,
 }
 
+/// Formats the API server knows on a string (or untyped) field: the list of
+/// apiextensions-apiserver (`pkg/apiserver/validation/formats.go`), written without
+/// `-` as it compares them (`date-time` is `datetime`). Only those every version knows:
+/// `quantity`, `k8s-short-name` and `k8s-long-name` came later, and an older API
+/// server would warn about them.
+pub const KUBERNETES_STRING_FORMATS: &[&str] = &[
+    "bsonobjectid",
+    "uri",
+    "email",
+    "hostname",
+    "ipv4",
+    "ipv6",
+    "cidr",
+    "mac",
+    "uuid",
+    "uuid3",
+    "uuid4",
+    "uuid5",
+    "isbn",
+    "isbn10",
+    "isbn13",
+    "creditcard",
+    "ssn",
+    "hexcolor",
+    "rgbcolor",
+    "byte",
+    "password",
+    "date",
+    "duration",
+    "datetime",
+];
+
+/// Whether the API server knows `format` on a schema of type `type_` (None: no single
+/// type), by the rule it applies: `int32` and `int64` on integers, `float` and `double`
+/// on numbers, [`KUBERNETES_STRING_FORMATS`] on strings and untyped schemas, nothing on
+/// any other type. It ignores any other format, and `kubectl apply` prints a warning
+/// (`unrecognized format "uint64"`) for each.
+pub fn kubernetes_knows_format(type_: Option<&str>, format: &str) -> bool {
+    match type_ {
+        None | Some("string") => {
+            KUBERNETES_STRING_FORMATS.contains(&format.replace('-', "").as_str())
+        }
+        Some("integer") => matches!(format, "int32" | "int64"),
+        Some("number") => matches!(format, "float" | "double"),
+        Some(_) => false,
+    }
+}
+
+/// A schemars transform, on the spec and the status (and so on everything inlined in
+/// them), that drops every `format` the API server does not know: schemars writes
+/// `uint8`, `uint32` and `uint64` for Rust's unsigned integers. Their bounds stay
+/// (`minimum: 0`, or the field's own range), so nothing the API server checks is lost.
+fn kubernetes_formats(schema: &mut schemars::Schema) {
+    if let Some(object) = schema.as_object_mut() {
+        // `Option<T>` is `[T, "null"]` until kube turns it into `nullable`.
+        let type_ = match object.get("type") {
+            Some(serde_json::Value::String(type_)) => Some(type_.clone()),
+            Some(serde_json::Value::Array(types)) => {
+                let mut named = types
+                    .iter()
+                    .filter_map(|t| t.as_str())
+                    .filter(|t| *t != "null");
+                match (named.next(), named.next()) {
+                    (Some(type_), None) => Some(type_.to_owned()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let unknown = match object.get("format").and_then(|f| f.as_str()) {
+            Some(format) => !kubernetes_knows_format(type_.as_deref(), format),
+            None => false,
+        };
+        if unknown {
+            object.remove("format");
+        }
+    }
+    schemars::transform::transform_subschemas(&mut kubernetes_formats, schema);
+}
+
 /// The CRD as YAML, exactly what `dcache-operator crd` prints and `crds/` holds.
 pub fn crd_yaml() -> String {
     let crd = DistributedCache::crd();
@@ -370,6 +455,11 @@ mod tests {
         assert_eq!(number("partitions", "minimum"), Some(1.0));
         assert_eq!(number("partitions", "maximum"), Some(4096.0));
         assert_eq!(number("partitions", "default"), Some(64.0));
+        let partitions = props["partitions"]["description"].as_str().unwrap();
+        assert!(
+            partitions.contains("contiguous ranges of Redis Cluster's 16,384 hash slots"),
+            "{partitions}"
+        );
         assert_eq!(number("replicationFactor", "minimum"), Some(1.0));
         assert_eq!(number("replicationFactor", "maximum"), Some(5.0));
         assert_eq!(number("replicas", "minimum"), Some(1.0));
@@ -398,6 +488,125 @@ mod tests {
             .map(|c| c["name"].as_str().unwrap())
             .collect();
         assert_eq!(columns, ["Desired", "Ready", "Phase", "Rebalancing", "Age"]);
+    }
+
+    /// `(where, type, format)` of every `format` in the CRD's schema, at any depth.
+    fn formats(value: &serde_json::Value, path: &str, out: &mut Vec<(String, String, String)>) {
+        match value {
+            serde_json::Value::Object(object) => {
+                // A property called `format` is an object, not a string: not a format.
+                if let Some(format) = object.get("format").and_then(|f| f.as_str()) {
+                    let type_ = object.get("type").and_then(|t| t.as_str()).unwrap_or("");
+                    out.push((path.to_owned(), type_.to_owned(), format.to_owned()));
+                }
+                for (key, value) in object {
+                    formats(value, &format!("{path}.{key}"), out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    formats(item, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_format_in_the_schema_is_one_kubernetes_knows() {
+        let crd = serde_json::to_value(DistributedCache::crd()).unwrap();
+        let mut found = Vec::new();
+        for (i, version) in crd["spec"]["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            let schema = &version["schema"]["openAPIV3Schema"];
+            assert!(schema.is_object());
+            formats(schema, &format!("versions[{i}]"), &mut found);
+        }
+        let unknown: Vec<_> = found
+            .iter()
+            .filter(|(_, type_, format)| {
+                !kubernetes_knows_format((!type_.is_empty()).then_some(type_.as_str()), format)
+            })
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "formats `kubectl apply` warns about: {unknown:?}"
+        );
+        // What it keeps: the k8s-openapi types' int32 and int64, Condition's date-time.
+        let kept: std::collections::BTreeSet<&str> =
+            found.iter().map(|(_, _, format)| format.as_str()).collect();
+        assert!(kept.contains("int32") && kept.contains("int64"), "{kept:?}");
+        assert!(kept.contains("date-time"), "{kept:?}");
+
+        // The unsigned fields lost their format, not their bounds.
+        let props = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+        let spec = &props["spec"]["properties"];
+        assert_eq!(spec["replicas"]["format"], "int32");
+        for (field, minimum) in [
+            ("partitions", 1.0),
+            ("replicationFactor", 1.0),
+            ("defaultTtlSeconds", 1.0),
+        ] {
+            assert!(spec[field].get("format").is_none(), "{field}");
+            assert_eq!(spec[field]["type"], "integer", "{field}");
+            assert_eq!(spec[field]["minimum"].as_f64(), Some(minimum), "{field}");
+        }
+        assert_eq!(spec["defaultTtlSeconds"]["nullable"], true);
+        let rebalance = &props["status"]["properties"]["rebalance"]["properties"];
+        assert!(rebalance["epoch"].get("format").is_none());
+        assert_eq!(rebalance["epoch"]["minimum"].as_f64(), Some(0.0));
+    }
+
+    #[test]
+    fn the_format_check_follows_the_api_servers_rule() {
+        for (type_, format) in [
+            (Some("integer"), "int32"),
+            (Some("integer"), "int64"),
+            (Some("number"), "double"),
+            (Some("string"), "date-time"),
+            (Some("string"), "byte"),
+            (None, "uuid"),
+        ] {
+            assert!(kubernetes_knows_format(type_, format), "{type_:?} {format}");
+        }
+        for (type_, format) in [
+            (Some("integer"), "uint64"),
+            (Some("integer"), "uint8"),
+            (Some("integer"), "uint32"),
+            (Some("integer"), "date-time"),
+            (Some("string"), "int32"),
+            (Some("boolean"), "int32"),
+            (Some("string"), "uint64"),
+        ] {
+            assert!(
+                !kubernetes_knows_format(type_, format),
+                "{type_:?} {format}"
+            );
+        }
+
+        // The transform drops those, in nested and nullable schemas too.
+        let mut schema = schemars::json_schema!({
+            "type": "object",
+            "properties": {
+                "a": {"type": "integer", "format": "uint64", "minimum": 0},
+                "b": {"type": ["integer", "null"], "format": "uint8"},
+                "c": {"type": "array", "items": {"type": "integer", "format": "int32"}},
+                "format": {"type": "string", "format": "date-time"},
+            },
+        });
+        kubernetes_formats(&mut schema);
+        let properties = &schema.as_value()["properties"];
+        assert_eq!(
+            properties["a"],
+            serde_json::json!({"type": "integer", "minimum": 0})
+        );
+        assert!(properties["b"].get("format").is_none());
+        assert_eq!(properties["c"]["items"]["format"], "int32");
+        assert_eq!(properties["format"]["format"], "date-time");
     }
 
     #[test]

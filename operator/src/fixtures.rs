@@ -185,11 +185,18 @@ impl ApiServer {
             .await;
         assert_eq!(peers.body["spec"]["clusterIP"], "None");
         assert_eq!(peers.body["metadata"]["ownerReferences"][0]["uid"], UID);
+        assert_eq!(
+            service_ports(&peers.body),
+            [("http", 7000), ("raft", 7100), ("resp", 6379)]
+        );
         peers.echo();
         let client = self
             .expect_apply(&format!("/api/v1/namespaces/{NAMESPACE}/services/{NAME}"))
             .await;
-        assert_eq!(client.body["spec"]["ports"][0]["port"], 7000);
+        assert_eq!(
+            service_ports(&client.body),
+            [("http", 7000), ("resp", 6379)]
+        );
         client.echo();
         let budget = self
             .expect_apply(&format!(
@@ -477,4 +484,14 @@ pub fn condition(status: &DistributedCacheStatus, type_: &str) -> (String, Strin
         .find(|c| c.type_ == type_)
         .unwrap_or_else(|| panic!("no {type_} condition in {status:?}"));
     (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+/// `(name, port)` of every port of an applied Service, in order.
+pub fn service_ports(service: &Value) -> Vec<(&str, i64)> {
+    service["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["port"].as_i64().unwrap()))
+        .collect()
 }

@@ -29,6 +29,9 @@ use crate::crd::DistributedCache;
 pub const API_PORT: i32 = 7000;
 /// Port of the node's Raft RPC endpoint.
 pub const RAFT_PORT: i32 = 7100;
+/// Port of the node's Redis protocol (RESP) front door, Redis Cluster semantics: the
+/// port Redis clients expect, on the pods and on both Services.
+pub const RESP_PORT: i32 = 6379;
 /// Where a node's volume is mounted when persistence is on.
 pub const DATA_DIR: &str = "/data";
 /// How long the node may take to finish in-flight requests after SIGTERM.
@@ -125,13 +128,18 @@ fn metadata(dc: &DistributedCache, name: String) -> ObjectMeta {
     }
 }
 
-/// `host:port` of a pod's API and Raft endpoints: its stable DNS name under the
+/// `host:port` of a pod's API, Raft and RESP endpoints: its stable DNS name under the
 /// headless Service.
 pub fn pod_api_addr(dc: &DistributedCache, ordinal: usize) -> String {
     format!("{}:{API_PORT}", pod_host(dc, ordinal))
 }
 pub fn pod_raft_addr(dc: &DistributedCache, ordinal: usize) -> String {
     format!("{}:{RAFT_PORT}", pod_host(dc, ordinal))
+}
+/// What the node advertises to Redis Cluster clients (CLUSTER SLOTS, MOVED) and what
+/// its `DCACHE_ADVERTISE_RESP` expands to in the pod.
+pub fn pod_resp_addr(dc: &DistributedCache, ordinal: usize) -> String {
+    format!("{}:{RESP_PORT}", pod_host(dc, ordinal))
 }
 fn pod_host(dc: &DistributedCache, ordinal: usize) -> String {
     format!(
@@ -142,9 +150,11 @@ fn pod_host(dc: &DistributedCache, ordinal: usize) -> String {
     )
 }
 
-/// The headless Service: stable DNS names for Raft peers. It publishes pods before
-/// they are ready because a new pod is not ready until it joined the ring, and it
-/// cannot join unless its peers can reach it.
+/// The headless Service: stable DNS names for Raft peers, and the per-pod names Redis
+/// Cluster clients are sent to (CLUSTER SLOTS and MOVED name `POD.NAME-peers.NS.svc`,
+/// so it carries the RESP port too). It publishes pods before they are ready because a
+/// new pod is not ready until it joined the ring, and it cannot join unless its peers
+/// can reach it.
 pub fn desired_headless_service(dc: &DistributedCache) -> Service {
     let mut meta = metadata(dc, headless_service_name(dc));
     meta.labels
@@ -159,6 +169,7 @@ pub fn desired_headless_service(dc: &DistributedCache) -> Service {
             ports: Some(vec![
                 service_port("http", API_PORT),
                 service_port("raft", RAFT_PORT),
+                service_port("resp", RESP_PORT),
             ]),
             ..ServiceSpec::default()
         }),
@@ -167,14 +178,19 @@ pub fn desired_headless_service(dc: &DistributedCache) -> Service {
 }
 
 /// The client Service: load-balances cache requests over ready nodes (any node
-/// serves any key, forwarding to the partition leader).
+/// serves any key over HTTP, forwarding to the partition leader). Its RESP port is a
+/// Redis Cluster client's seed: the client asks CLUSTER SLOTS there, then talks to the
+/// pods by the names the nodes advertise.
 pub fn desired_client_service(dc: &DistributedCache) -> Service {
     Service {
         metadata: metadata(dc, client_service_name(dc)),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_owned()),
             selector: Some(selector_labels(dc)),
-            ports: Some(vec![service_port("http", API_PORT)]),
+            ports: Some(vec![
+                service_port("http", API_PORT),
+                service_port("resp", RESP_PORT),
+            ]),
             ..ServiceSpec::default()
         }),
         status: None,
@@ -239,6 +255,11 @@ fn env_from_field(name: &str, field_path: &str) -> EnvVar {
 /// The node's configuration, as the `DCACHE_*` environment its flags read. Env rather
 /// than a ConfigMap: a change is part of the pod template, so it rolls the pods by
 /// itself, one at a time.
+///
+/// Every node listens for RESP on [`RESP_PORT`] and advertises its pod's stable name
+/// under the headless Service, so in-cluster Redis Cluster clients can follow CLUSTER
+/// SLOTS and MOVED. With TLS on, the node serves RESP with the API's certificate (the
+/// same `DCACHE_TLS_*` files); nothing here is RESP-specific.
 pub fn node_environment(dc: &DistributedCache, max_memory_bytes: u64) -> Vec<EnvVar> {
     let headless = headless_service_name(dc);
     let spec = &dc.spec;
@@ -255,6 +276,11 @@ pub fn node_environment(dc: &DistributedCache, max_memory_bytes: u64) -> Vec<Env
         env(
             "DCACHE_ADVERTISE_RAFT",
             format!("$(POD_NAME).{headless}.$(POD_NAMESPACE).svc:{RAFT_PORT}"),
+        ),
+        env("DCACHE_RESP_LISTEN", format!("0.0.0.0:{RESP_PORT}")),
+        env(
+            "DCACHE_ADVERTISE_RESP",
+            format!("$(POD_NAME).{headless}.$(POD_NAMESPACE).svc:{RESP_PORT}"),
         ),
         env("DCACHE_PARTITIONS", spec.partitions.to_string()),
         env("DCACHE_REPLICATION", spec.replication_factor.to_string()),
@@ -476,6 +502,12 @@ pub fn desired_statefulset(
             ContainerPort {
                 name: Some("raft".to_owned()),
                 container_port: RAFT_PORT,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("resp".to_owned()),
+                container_port: RESP_PORT,
                 protocol: Some("TCP".to_owned()),
                 ..ContainerPort::default()
             },
@@ -829,6 +861,109 @@ mod tests {
         assert_eq!(
             selector_string(&dc),
             "app.kubernetes.io/instance=cache,app.kubernetes.io/name=dcache"
+        );
+    }
+
+    /// The container's environment as the kubelet resolves it in pod `ordinal`: field
+    /// references filled in, and `$(VAR)` expanded only from variables defined earlier
+    /// in the list (the kubelet leaves a later or unknown one as written).
+    fn resolved_env(dc: &DistributedCache, ordinal: usize) -> BTreeMap<String, String> {
+        let sts = desired_statefulset(dc, 3, 1 << 29);
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let mut resolved: BTreeMap<String, String> = BTreeMap::new();
+        for var in pod.containers[0].env.clone().unwrap() {
+            let value = match (var.value, var.value_from) {
+                (Some(mut value), None) => {
+                    for (name, earlier) in &resolved {
+                        value = value.replace(&format!("$({name})"), earlier);
+                    }
+                    value
+                }
+                (None, Some(from)) => match from.field_ref.unwrap().field_path.as_str() {
+                    "metadata.name" => pod_name(dc, ordinal),
+                    "metadata.namespace" => dc.namespace().unwrap(),
+                    other => panic!("{}: an unexpected field {other}", var.name),
+                },
+                _ => panic!("{}: a value or a field reference", var.name),
+            };
+            resolved.insert(var.name, value);
+        }
+        resolved
+    }
+
+    #[test]
+    fn every_node_listens_for_resp_and_advertises_its_stable_pod_name() {
+        let dc = cache(json!({}));
+        let env = resolved_env(&dc, 1);
+        assert_eq!(env["DCACHE_RESP_LISTEN"], "0.0.0.0:6379");
+        // What CLUSTER SLOTS and MOVED send Redis Cluster clients to: the pod's own
+        // name under the headless Service, like the API and Raft addresses.
+        assert_eq!(env["DCACHE_ADVERTISE_RESP"], pod_resp_addr(&dc, 1));
+        assert_eq!(pod_resp_addr(&dc, 1), "cache-1.cache-peers.prod.svc:6379");
+        assert_eq!(env["DCACHE_ADVERTISE_API"], pod_api_addr(&dc, 1));
+        assert_eq!(env["DCACHE_ADVERTISE_RAFT"], pod_raft_addr(&dc, 1));
+        assert!(env.values().all(|v| !v.contains("$(")), "{env:?}");
+    }
+
+    #[test]
+    fn the_resp_port_is_on_the_pods_and_on_both_services() {
+        let dc = cache(json!({}));
+        let sts = desired_statefulset(&dc, 3, 1 << 29);
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let container_ports: BTreeMap<String, (i32, String)> = pod.containers[0]
+            .ports
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), (p.container_port, p.protocol.unwrap())))
+            .collect();
+        assert_eq!(container_ports["resp"], (RESP_PORT, "TCP".to_owned()));
+        assert_eq!(RESP_PORT, 6379, "the port Redis clients expect");
+        for service in [desired_headless_service(&dc), desired_client_service(&dc)] {
+            let name = service.metadata.name.unwrap();
+            let ports = service.spec.unwrap().ports.unwrap();
+            let resp = ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some("resp"))
+                .unwrap_or_else(|| panic!("{name} has no resp port"));
+            assert_eq!(resp.port, RESP_PORT, "{name}");
+            // Every Service port reaches a port the container declares.
+            for port in &ports {
+                let Some(IntOrString::String(target)) = &port.target_port else {
+                    panic!("{name}: {port:?} targets no named port");
+                };
+                assert!(container_ports.contains_key(target), "{name}: {target}");
+                assert_eq!(port.protocol.as_deref(), Some("TCP"));
+            }
+        }
+    }
+
+    #[test]
+    fn with_tls_resp_shares_the_api_certificate() {
+        let plain = resolved_env(&cache(json!({})), 0);
+        let dc = cache(json!({"tls": {"secretName": "cache-tls"}}));
+        let tls = resolved_env(&dc, 0);
+        // The node serves RESP with the API's certificate: TLS changes nothing about the
+        // RESP listener, and no RESP-only setting could disagree with the API's.
+        let resp_vars = |env: &BTreeMap<String, String>| {
+            env.iter()
+                .filter(|(name, _)| name.contains("RESP"))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(resp_vars(&tls), resp_vars(&plain));
+        assert_eq!(resp_vars(&tls).len(), 2);
+        assert_eq!(tls["DCACHE_TLS_CERT_FILE"], "/etc/dcache/tls/tls.crt");
+        // A TLS client following a redirect checks the advertised host against the
+        // certificate, which names `*.<name>-peers.<namespace>.svc` (spec.tls's doc).
+        let host = tls["DCACHE_ADVERTISE_RESP"].rsplit_once(':').unwrap().0;
+        let (pod, rest) = host.split_once('.').unwrap();
+        assert_eq!((pod, rest), ("cache-0", "cache-peers.prod.svc"));
+        use kube::CustomResourceExt;
+        let doc = serde_json::to_string(&crate::crd::DistributedCache::crd()).unwrap();
+        assert!(
+            doc.contains("*.<name>-peers.<namespace>.svc"),
+            "spec.tls's doc"
         );
     }
 

@@ -300,8 +300,8 @@ fn the_dockerfile_builds_the_workspace_binaries_into_a_non_root_image() {
         .all("EXPOSE")
         .flat_map(|e| e.args.split_whitespace().map(|p| p.parse::<i32>().unwrap()))
         .collect();
-    use dcache_operator::resources::{API_PORT, RAFT_PORT};
-    assert_eq!(exposed, BTreeSet::from([API_PORT, RAFT_PORT]));
+    use dcache_operator::resources::{API_PORT, RAFT_PORT, RESP_PORT};
+    assert_eq!(exposed, BTreeSet::from([API_PORT, RAFT_PORT, RESP_PORT]));
     let entrypoint = runtime.all("ENTRYPOINT").last().expect("an ENTRYPOINT");
     let entrypoint: Vec<String> = serde_json::from_str(&entrypoint.args)
         .expect("ENTRYPOINT in exec form (there is no shell in the image)");

@@ -271,6 +271,77 @@ fn the_helm_chart_lints_renders_typed_objects_and_carries_the_generated_crd() {
     );
 }
 
+/// What `helm install` prints once it installed the chart: its NOTES.txt, rendered
+/// client-side (`--dry-run=client` needs no cluster) with `values` (`--set` pairs).
+fn install_notes(helm: &std::path::Path, values: &[&str]) -> String {
+    let mut args = vec![
+        "install",
+        "dcache",
+        "charts/dcache-operator",
+        "--dry-run=client",
+        "--namespace",
+        "dcache-system",
+    ];
+    for value in values {
+        args.extend(["--set", value]);
+    }
+    let output = run_helm(helm, &args);
+    let (_, notes) = output
+        .rsplit_once("\nNOTES:\n")
+        .unwrap_or_else(|| panic!("helm printed no notes: {output}"));
+    notes.to_owned()
+}
+
+#[test]
+fn the_install_notes_say_how_to_create_a_cache_and_reach_it_over_http_and_resp() {
+    let helm = helm();
+    let notes = install_notes(&helm, &[]);
+    for needed in [
+        "kubectl apply -f manifests/examples/minimal.yaml",
+        "port-forward svc/cache 7000:7000",
+        "curl localhost:7000/cache/greeting",
+        "redis-cli -c -h cache.default.svc",
+        "port-forward svc/cache 6379:6379",
+        "MOVED",
+        "cache-peers.default.svc:6379",
+    ] {
+        assert!(
+            notes.contains(needed),
+            "the notes lack {needed:?}:\n{notes}"
+        );
+    }
+    assert!(repo_path("manifests/examples/minimal.yaml").is_file());
+    // The cache they show is a DistributedCache the CRD's types accept.
+    let (_, heredoc) = notes.split_once("<<EOF\n").expect("a cache to apply");
+    let (heredoc, _) = heredoc.split_once("\n  EOF").expect("the heredoc's end");
+    let yaml: Vec<&str> = heredoc
+        .lines()
+        .map(|line| line.strip_prefix("  ").unwrap_or(line))
+        .collect();
+    let documents = documents(&yaml.join("\n"));
+    assert_eq!(documents.len(), 1, "{heredoc}");
+    assert_eq!(documents[0]["kind"], "DistributedCache");
+    parse_typed(&documents[0], "the install notes");
+
+    // With the chart's own cache, they name it, in the release's namespace.
+    let notes = install_notes(&helm, &["cluster.enabled=true", "cluster.name=sessions"]);
+    for needed in [
+        "get dc sessions",
+        "port-forward svc/sessions 7000:7000",
+        "redis-cli -c -h sessions.dcache-system.svc",
+        "sessions-peers.dcache-system.svc:6379",
+    ] {
+        assert!(
+            notes.contains(needed),
+            "the notes lack {needed:?}:\n{notes}"
+        );
+    }
+    assert!(
+        !notes.contains("<<EOF"),
+        "no second cache to create:\n{notes}"
+    );
+}
+
 /// Every file under `dir`, recursively, sorted.
 fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
