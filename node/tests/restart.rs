@@ -64,6 +64,19 @@ async fn a_node_restarted_without_state_rejoins_under_a_new_incarnation() {
             )
             .await;
     }
+    // More than 20 entries per partition after the big values, so that every
+    // partition's latest snapshot holds them, whatever the writer below manages to add
+    // on a loaded machine.
+    for i in 0..200 {
+        cluster
+            .set_until_acknowledged(
+                &[i % 3],
+                &format!("after-{i}"),
+                &json!(i),
+                Duration::from_secs(30),
+            )
+            .await;
+    }
     let old_id = cluster.cluster_status(1).await["raft_id"].as_u64().unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
