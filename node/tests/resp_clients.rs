@@ -321,3 +321,89 @@ async fn redis_py_and_redis_cli_pass_the_compatibility_suite() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// Each slot range's master as `CLUSTER SLOTS` on the RESP listener `resp` names it:
+/// `(first, last, master port)`.
+async fn slot_masters(resp: &str) -> Vec<(i64, i64, i64)> {
+    use redis::Value;
+    let mut connection = redis::Client::open(format!("redis://{resp}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let slots: Vec<Value> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    slots
+        .into_iter()
+        .filter_map(|range| {
+            let Value::Array(range) = range else {
+                return None;
+            };
+            let (Value::Int(first), Value::Int(last), Value::Array(master)) =
+                (&range[0], &range[1], &range[2])
+            else {
+                return None;
+            };
+            let Value::Int(port) = master[1] else {
+                return None;
+            };
+            Some((*first, *last, port))
+        })
+        .collect()
+}
+
+/// What `redis-benchmark --cluster` trips over on a cluster of more nodes than
+/// replicas: a node names, for a partition it does not host, the placement's leader,
+/// which is not the leader the balancer keeps (it works toward a placement that keeps
+/// current leaders). So the nodes' `CLUSTER SLOTS` disagree, a client that loads its
+/// slot map from such a node is MOVED on every command of those slots, and
+/// redis-benchmark re-fetches the map without end ("Cluster slots configuration
+/// changed, fetching new one..."). Ignored until the node names actual leaders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "CLUSTER SLOTS disagree between nodes once a node does not host every partition"]
+async fn every_node_names_the_same_masters_after_a_node_joins() {
+    let mut cluster = TestCluster::start(3).await;
+    let added = cluster.add_node();
+    let all = [0, 1, 2, added];
+    cluster.set_members(0, &all).await;
+    cluster.wait_rebalanced(&all, Duration::from_secs(90)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut views = Vec::new();
+        for &i in &all {
+            let resp = cluster.nodes[i].resp.clone().unwrap();
+            views.push((resp.clone(), slot_masters(&resp).await));
+        }
+        // The master of every slot, per node.
+        let master_of = |view: &[(i64, i64, i64)], slot: i64| {
+            view.iter()
+                .find(|(first, last, _)| (*first..=*last).contains(&slot))
+                .map(|(_, _, port)| *port)
+        };
+        let disagreeing: Vec<String> = (0..16384)
+            .step_by(64)
+            .filter_map(|slot| {
+                let masters: Vec<Option<i64>> = views
+                    .iter()
+                    .map(|(_, view)| master_of(view, slot))
+                    .collect();
+                (masters.windows(2).any(|pair| pair[0] != pair[1]))
+                    .then(|| format!("slot {slot}: {masters:?}"))
+            })
+            .collect();
+        if disagreeing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes {:?} name different masters for {} of 256 sampled slots, e.g. {:?}",
+            views.iter().map(|(resp, _)| resp).collect::<Vec<_>>(),
+            disagreeing.len(),
+            &disagreeing[..disagreeing.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
