@@ -9,7 +9,7 @@ NODE_PORT ?= 7000
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 IMAGE ?= dcache/dcache:$(VERSION)
 
-.PHONY: run node local demo test lint fmt build release crds manifests image image-name fuzz chaos rolling profile bench bench-node bench-reads bench-peers bench-persistence bench-recovery bench-memory bench-eviction clean
+.PHONY: run node local demo test lint fmt build release crds manifests image image-name fuzz chaos rolling profile bench bench-node bench-reads bench-peers bench-resp bench-persistence bench-recovery bench-memory bench-eviction clean
 
 ## run: build, start a 3-node local cluster and play every demo scenario on it
 run: demo
@@ -93,7 +93,7 @@ profile: release
 	bash bench/profile.sh
 
 ## bench: every benchmark program; figures go to bench/results/
-bench: bench-eviction bench-memory bench-node bench-reads bench-peers bench-persistence bench-recovery
+bench: bench-eviction bench-memory bench-node bench-reads bench-peers bench-resp bench-persistence bench-recovery
 
 ## bench-node: wrk against one node and against a trivial nginx (the HTTP ceiling)
 bench-node: release
@@ -108,6 +108,12 @@ bench-reads: release
 ## generator, the same shape; installs redis-server and etcd-server when missing
 bench-peers: release
 	bash bench/peers.sh
+
+## bench-resp: redis-benchmark --cluster against the 3-node dcache's RESP listeners vs
+## redis-benchmark against one Redis, SET and GET, -P 1 and -P 16; installs
+## redis-server and redis-tools when missing
+bench-resp: release
+	bash bench/resp.sh
 
 ## bench-persistence: writes to 3 nodes memory-only, with --fsync always and with
 ## --fsync interval:10, vs a 3-member etcd, data on disk; the interval's loss window
