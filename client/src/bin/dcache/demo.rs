@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::bench::{self, Distribution, Ratio, Stop, Workload};
 use crate::peers::Backend;
+use crate::resp_demo;
 
 /// Keys written for the distribution and scaling scenarios.
 const DISTRIBUTION_KEYS: usize = 3000;
@@ -109,27 +110,33 @@ pub async fn run(
         "basic operations",
         basic(&client, &prefix).await,
     ));
-    section(2, "Key distribution across nodes");
+    section(2, "Redis protocol: RESP on the first node, -MOVED followed");
+    outcomes.push(match resp_demo::scenario(&client, &prefix).await {
+        Ok(resp_demo::Ran::Played) => Outcome::judged("redis protocol", Ok(())),
+        Ok(resp_demo::Ran::Skipped(why)) => Outcome::skipped("redis protocol", &why),
+        Err(e) => Outcome::judged("redis protocol", Err(e)),
+    });
+    section(3, "Key distribution across nodes");
     outcomes.push(Outcome::judged(
         "key distribution",
         distribution(&client, &prefix).await,
     ));
-    section(3, "Performance: throughput and latency");
+    section(4, "Performance: throughput and latency");
     outcomes.push(Outcome::judged(
         "performance",
         performance(&client, &prefix).await,
     ));
-    section(4, "Single-flight: 100 concurrent loads of one missing key");
+    section(5, "Single-flight: 100 concurrent loads of one missing key");
     outcomes.push(Outcome::judged(
         "single-flight",
         single_flight(&client, &prefix).await,
     ));
-    section(5, "Scaling: add a node, count the keys that change owner");
+    section(6, "Scaling: add a node, count the keys that change owner");
     outcomes.push(match own_cluster.as_mut() {
         Some(cluster) => Outcome::judged("scaling", scaling(cluster, &prefix).await),
         None => Outcome::skipped("scaling", "needs a cluster the demo started itself"),
     });
-    section(6, "Fault tolerance: kill a node under load");
+    section(7, "Fault tolerance: kill a node under load");
     outcomes.push(match own_cluster.as_mut() {
         Some(cluster) => {
             Outcome::judged("fault tolerance", fault_tolerance(cluster, &prefix).await)

@@ -6,6 +6,7 @@ mod demo;
 mod local_cmd;
 mod oneshot;
 mod peers;
+mod resp_demo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
