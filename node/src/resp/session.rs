@@ -191,7 +191,20 @@ impl Session {
         Ok(slot)
     }
 
-    fn moved(slot: Slot, member: &MemberNode) -> Reply {
+    /// Where a command for `slot` must go instead: `-MOVED` to `member`, or, when that
+    /// is this very node (it is taking the partition over and does not host it yet),
+    /// `-TRYAGAIN`, which clients retry after a pause instead of redirecting in a loop.
+    fn moved(&self, slot: Slot, member: &MemberNode) -> Reply {
+        let me = self
+            .node
+            .cluster
+            .as_ref()
+            .map(|cluster| &cluster.groups.me.name);
+        if me == Some(&member.name) {
+            return error(format!(
+                "TRYAGAIN slot {slot} is moving to this node; retry in a moment"
+            ));
+        }
         match &member.resp_addr {
             Some(addr) => error(format!("MOVED {slot} {addr}")),
             None => error(format!(
@@ -209,7 +222,7 @@ impl Session {
         let partition = slot_partition(slot, self.node.partitions);
         match cluster.read(partition, linearizable).await {
             Route::Here(()) => Ok(()),
-            Route::Forward(member) => Err(Self::moved(slot, &member)),
+            Route::Forward(member) => Err(self.moved(slot, &member)),
             Route::Unavailable(why) | Route::OutcomeUnknown(why) => {
                 Err(error(format!("CLUSTERDOWN {why}")))
             }
@@ -224,7 +237,7 @@ impl Session {
         let partition = slot_partition(slot, self.node.partitions);
         match cluster.write(partition, command).await {
             Route::Here(result) => Ok(result),
-            Route::Forward(member) => Err(Self::moved(slot, &member)),
+            Route::Forward(member) => Err(self.moved(slot, &member)),
             Route::Unavailable(why) => Err(error(format!("CLUSTERDOWN {why}"))),
             Route::OutcomeUnknown(why) => Err(error(format!(
                 "ERR outcome unknown, the write may still be applied: {why}"
