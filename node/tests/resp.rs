@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NodeProcess, TestCluster, metrics_text};
+use common::{NodeProcess, TestCluster};
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -33,23 +33,6 @@ async fn plain_connection(resp: &str) -> MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .unwrap()
-}
-
-/// `dcache_resp_commands_total` samples of one result, summed over the cluster.
-async fn commands_with_result(cluster: &TestCluster, result: &str) -> f64 {
-    let mut sum = 0.0;
-    for node in &cluster.nodes {
-        let text = metrics_text(&cluster.client, &node.url("/metrics")).await;
-        sum += text
-            .lines()
-            .filter(|line| {
-                line.starts_with("dcache_resp_commands_total{")
-                    && line.contains(&format!("result=\"{result}\""))
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>();
-    }
-    sum
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -361,7 +344,7 @@ async fn redis_cluster_clients_work_against_a_three_node_cluster() {
             .await
             .unwrap();
     }
-    let moved_before = commands_with_result(&cluster, "moved").await;
+    let moved_before = cluster.resp_commands_with_result("moved").await;
     let added = cluster.add_node();
     cluster.set_members(0, &[0, 1, 2, added]).await;
     cluster
@@ -381,7 +364,7 @@ async fn redis_cluster_clients_work_against_a_three_node_cluster() {
             .await
             .unwrap();
     }
-    let moved_after = commands_with_result(&cluster, "moved").await;
+    let moved_after = cluster.resp_commands_with_result("moved").await;
     assert!(
         moved_after > moved_before,
         "the new node leads some partitions: the client must have been redirected"

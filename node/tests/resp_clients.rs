@@ -18,7 +18,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{NodeProcess, TestCluster, metrics_text};
+use common::{NodeProcess, TestCluster};
 
 /// Keys each client writes before the cluster changes and checks after.
 const KEYS: usize = 100;
@@ -173,23 +173,6 @@ impl Drop for Follower {
     }
 }
 
-/// `dcache_resp_commands_total` samples of one result, summed over the cluster.
-async fn commands_with_result(cluster: &TestCluster, result: &str) -> f64 {
-    let mut sum = 0.0;
-    for node in &cluster.nodes {
-        let text = metrics_text(&cluster.client, &node.url("/metrics")).await;
-        sum += text
-            .lines()
-            .filter(|line| {
-                line.starts_with("dcache_resp_commands_total{")
-                    && line.contains(&format!("result=\"{result}\""))
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>();
-    }
-    sum
-}
-
 /// The `-a`/AUTH checks, against a standalone node with a token file: a read-only
 /// token's SET is refused with NOPERM, in redis-py and in redis-cli.
 fn auth_suites(python: &Path) {
@@ -258,7 +241,7 @@ async fn redis_py_and_redis_cli_pass_the_compatibility_suite() {
     );
 
     // A fourth node joins and leads some partitions: the stale client is MOVED.
-    let moved_before = commands_with_result(&cluster, "moved").await;
+    let moved_before = cluster.resp_commands_with_result("moved").await;
     let added = cluster.add_node();
     cluster.set_members(0, &[0, 1, 2, added]).await;
     cluster
@@ -269,7 +252,7 @@ async fn redis_py_and_redis_cli_pass_the_compatibility_suite() {
         started.elapsed().as_secs_f64()
     );
     follower.check("after add-node");
-    let moved_after = commands_with_result(&cluster, "moved").await;
+    let moved_after = cluster.resp_commands_with_result("moved").await;
     assert!(
         moved_after > moved_before,
         "the new node leads some partitions: redis-py's client must have been redirected \

@@ -419,6 +419,23 @@ impl TestCluster {
         sum
     }
 
+    /// `dcache_resp_commands_total` samples of one result, summed over the cluster.
+    pub async fn resp_commands_with_result(&self, result: &str) -> f64 {
+        let mut sum = 0.0;
+        for node in &self.nodes {
+            let text = metrics_text(&self.client, &node.url("/metrics")).await;
+            sum += text
+                .lines()
+                .filter(|line| {
+                    line.starts_with("dcache_resp_commands_total{")
+                        && line.contains(&format!("result=\"{result}\""))
+                })
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        sum
+    }
+
     /// The sum of every sample of metric `name` on `node`.
     pub async fn metric(&self, node: usize, name: &str) -> f64 {
         let text = metrics_text(&self.client, &self.nodes[node].url("/metrics")).await;
