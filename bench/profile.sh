@@ -5,18 +5,24 @@
 # generator. The top frames by inclusive and by self time go to bench/results/profile.md
 # (or OUT); the perf data stays in $KEEP when set. Installs linux-perf when missing.
 #
+# With LOAD=resp the load is `redis-benchmark --cluster` (50 connections, SET then GET)
+# against the nodes' RESP listeners instead, and the heading's ops/s is its own figure.
+#
 #   make profile                     # or: bash bench/profile.sh
 #   SECONDS_PER_PHASE=10 OUT=/tmp/p.md KEEP=/tmp/perf bash bench/profile.sh
+#   LOAD=resp OUT=/tmp/resp.md bash bench/profile.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 need_command perf linux-perf
 need_command curl curl
+[ "$LOAD" != resp ] || need_command redis-benchmark redis-tools
 
 DCACHE=${DCACHE:-target/release/dcache}
 PHASE_SECONDS=${SECONDS_PER_PHASE:-8}
 CONNECTIONS=${CONNECTIONS:-32}
 KEYSPACE=10000
+LOAD=${LOAD:-http}
 OUT=${OUT:-bench/results/profile.md}
 TOP=${TOP:-25}
 work=$(mktemp -d /dev/shm/dcache-profile.XXXXXX)
@@ -34,20 +40,48 @@ start_dcache_local "$work"
 "$DCACHE" --nodes "$dcache_nodes" bench -c "$CONNECTIONS" -n 1 --value-size 100 \
   --keyspace "$KEYSPACE" --preload --json >/dev/null 2>&1
 
+resp_addr=$(python3 -c 'import json, sys
+print(json.load(open(sys.argv[1]))["nodes"][0]["resp_addr"])' "$work/dcache/local-cluster.json")
+
+# resp_load PHASE: redis-benchmark --cluster for PHASE_SECONDS + 2 s; writes the JSON
+# report profile() reads (ops/s from its last "overall" progress figure).
+resp_load() {
+  local phase=$1 test
+  test=$([ "$phase" = sets ] && echo set || echo get)
+  timeout --signal INT "$((PHASE_SECONDS + 2))" redis-benchmark --cluster \
+    -h "${resp_addr%:*}" -p "${resp_addr##*:}" -c 50 -d 100 -r "$KEYSPACE" -n 100000000 \
+    -t "$test" >"$work/$phase.out" 2>&1 || true
+  tr '\r' '\n' <"$work/$phase.out" | python3 -c '
+import json, re, sys
+last = [m for m in re.finditer(r"overall: ([\d.]+)\) avg_msec=([\d.]+)", sys.stdin.read())]
+ops = float(last[-1].group(1)) if last else 0.0
+avg = float(last[-1].group(2)) if last else 0.0
+key = "set" if sys.argv[1] == "sets" else "get"
+print(json.dumps({key: {"ops_per_sec": ops, "latency_ms": {"p50": avg, "p99": 0}}}))' \
+    "$phase" >"$work/$phase.json"
+}
+
 # profile PHASE RATIO: load for PHASE_SECONDS + 2 s, sampled for PHASE_SECONDS after the
 # first second; prints the load generator's JSON report on one line.
 profile() {
   local phase=$1 ratio=$2
-  "$DCACHE" --nodes "$dcache_nodes" bench -c "$CONNECTIONS" -d "$((PHASE_SECONDS + 2))s" \
-    --value-size 100 --keyspace "$KEYSPACE" --ratio "$ratio" --json \
-    >"$work/$phase.json" 2>/dev/null &
+  if [ "$LOAD" = resp ]; then
+    resp_load "$phase" &
+  else
+    "$DCACHE" --nodes "$dcache_nodes" bench -c "$CONNECTIONS" -d "$((PHASE_SECONDS + 2))s" \
+      --value-size 100 --keyspace "$KEYSPACE" --ratio "$ratio" --json \
+      >"$work/$phase.json" 2>/dev/null &
+  fi
   local bench_pid=$!
   sleep 1
+  # The load generator's own process: redis-benchmark under the timeout and subshell.
+  local client_pid=$bench_pid
+  [ "$LOAD" != resp ] || client_pid=$(pgrep -n redis-benchmark)
   perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 \
-    -p "$dcache_node_pids,$bench_pid" -o "$work/$phase.data" -- sleep "$PHASE_SECONDS" \
+    -p "$dcache_node_pids,$client_pid" -o "$work/$phase.data" -- sleep "$PHASE_SECONDS" \
     >/dev/null 2>&1
   wait "$bench_pid"
-  echo "$bench_pid" >"$work/$phase.client-pid"
+  echo "$client_pid" >"$work/$phase.client-pid"
 }
 
 echo "profiling sets (${PHASE_SECONDS}s)..." >&2
@@ -86,8 +120,12 @@ for name, (total, _) in merged.items():
 {
   echo "# Where the CPU goes"
   echo
-  echo "\`bash bench/profile.sh\` ($(date -u +%Y-%m-%d), $(nproc) cores): a 3-node release"
-  echo "\`dcache local\` cluster (64 partitions, R=3) under \`dcache bench\` with $CONNECTIONS"
+  echo "\`LOAD=$LOAD bash bench/profile.sh\` ($(date -u +%Y-%m-%d), $(nproc) cores): a 3-node release"
+  if [ "$LOAD" = resp ]; then
+    echo "\`dcache local\` cluster (64 partitions, R=3) under \`redis-benchmark --cluster\` with 50"
+  else
+    echo "\`dcache local\` cluster (64 partitions, R=3) under \`dcache bench\` with $CONNECTIONS"
+  fi
   echo "connections, 100-byte values, 10,000 keys; \`perf record -e cpu-clock -F 499"
   echo "--call-graph dwarf\` for ${PHASE_SECONDS}s per phase on the three nodes and the load"
   echo "generator. Percentages are of the samples of the processes named (all threads)."

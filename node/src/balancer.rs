@@ -15,6 +15,7 @@ pub use dcache_protocol::cluster::{LeavingMember, RebalanceProgress};
 use crate::cluster::{Cluster, MAX_CLUSTER_VOTERS};
 use crate::lost::LEADERLESS_BEFORE_CHECK;
 use crate::placement::Placement;
+use crate::raft::cluster_state::ClusterView;
 use crate::raft::membership::{self, ReconcileOutcome, ReconcileRequest, VoterReport};
 use crate::raft::transport::op;
 use crate::raft::{
@@ -99,6 +100,7 @@ impl Cluster {
         }
 
         let placement = self.placement_keeping_leaders(&state);
+        self.publish_leaders(&state).await;
         let desired = desired_groups(&state, &placement);
         let live: BTreeSet<NodeId> = state.members_and_leaving().map(|m| m.raft_id).collect();
         let requests = self.plan_moves(&desired, &live);
@@ -267,6 +269,32 @@ impl Cluster {
             balancer.target = Some((state.epoch, target.clone()));
         }
         target
+    }
+
+    /// Publishes the leaders of this member set's target, once it is fixed, so that
+    /// every node names them for partitions it holds no replica of (Redis Cluster
+    /// clients load their slot map from any node and must find the same masters).
+    async fn publish_leaders(&self, view: &ClusterView) {
+        let epoch = view.state.epoch;
+        let leaders = match &self.balancer().target {
+            Some((target_epoch, target)) if *target_epoch == epoch => target.leaders.clone(),
+            _ => return,
+        };
+        if view
+            .published_leaders
+            .as_ref()
+            .is_some_and(|published| published.epoch == epoch && published.leaders == leaders)
+        {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let change = ClusterCommand::SetLeaders { epoch, leaders };
+        if let Err(e) = self
+            .propose_cluster_change(&view.state, change, deadline)
+            .await
+        {
+            warn!(epoch, error = %e, "cannot publish the partition leaders; retrying next round");
+        }
     }
 
     /// Decides which groups may start a move this round: at most

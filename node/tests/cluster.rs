@@ -97,13 +97,18 @@ async fn an_isolated_node_acknowledges_nothing_and_catches_up_when_healed() {
     cluster.isolate(isolated, true).await;
 
     // The isolated side acknowledges no write: not for partitions it led, which lost
-    // their quorum, and not by forwarding.
+    // their quorum, and not by forwarding. A write it proposed as leader and could not
+    // commit is answered 504 (outcome unknown): should the majority side elect no new
+    // leader for that partition before the cut heals (a loaded machine), the entry is
+    // committed afterwards, which 504 allows. Refused writes (503) never take effect.
+    let mut outcome_unknown = Vec::new();
     for i in 0..10 {
         let key = format!("cut-{i}");
-        assert!(
-            !cluster.set(isolated, &key, &json!(i)).await,
-            "isolated node acknowledged {key}"
-        );
+        match cluster.try_set(isolated, &key, &json!(i)).await {
+            Ok(()) => panic!("isolated node acknowledged {key}"),
+            Err(why) if why.starts_with("504") => outcome_unknown.push(key),
+            Err(_) => {}
+        }
     }
     // The majority side keeps accepting writes once partitions led by the isolated
     // node have moved their leadership.
@@ -129,14 +134,18 @@ async fn an_isolated_node_acknowledges_nothing_and_catches_up_when_healed() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    // Nothing written on the isolated side appeared anywhere.
+    // Nothing refused on the isolated side appeared anywhere.
     for i in 0..10 {
         let key = format!("cut-{i}");
         for node in 0..2 {
             let value = cluster
                 .get_settled(node, &key, "linearizable", Duration::from_secs(30))
                 .await;
-            assert_eq!(value, None, "{key} via {node}");
+            if outcome_unknown.contains(&key) {
+                assert!(value.is_none() || value == Some(json!(i)), "{key} via {node}");
+            } else {
+                assert_eq!(value, None, "{key} via {node}");
+            }
         }
     }
 }

@@ -15,9 +15,9 @@ use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StoredMembership};
 
-use super::cluster_state::SharedClusterView;
+use super::cluster_state::{ClusterSnapshot, SharedClusterView};
 use super::snapshot::ChunkWriter;
-use super::{ClusterState, Command, CommandResult, GroupId, SnapshotData, TypeConfig};
+use super::{Command, CommandResult, GroupId, SnapshotData, TypeConfig};
 use crate::persist::Disk;
 use crate::store::{Entry, Store};
 
@@ -151,9 +151,8 @@ impl GroupStateMachine {
                 store.snapshot_partition(*partition, *partitions, &mut out)?;
             }
             Target::Cluster(view) => {
-                let view = view.get();
-                let state: Option<&ClusterState> = view.as_deref().map(|view| &view.state);
-                serde_json::to_writer(&mut out, &state).map_err(io::Error::other)?;
+                let snapshot = view.get().map(|view| view.snapshot());
+                serde_json::to_writer(&mut out, &snapshot).map_err(io::Error::other)?;
             }
         }
         Ok(out.finish())
@@ -170,7 +169,7 @@ impl GroupStateMachine {
                 .map(drop)
                 .map_err(io::Error::other),
             Target::Cluster(view) => {
-                let restored: Option<ClusterState> =
+                let restored: Option<ClusterSnapshot> =
                     serde_json::from_reader(data.reader()).map_err(io::Error::other)?;
                 view.set(restored);
                 Ok(())
@@ -193,6 +192,7 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
             }
         };
         let machine = self.clone();
+        let started = std::time::Instant::now();
         let data = tokio::task::spawn_blocking(move || {
             let data = machine.snapshot_data();
             drop(gate);
@@ -200,6 +200,7 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
         })
         .await
         .map_err(io::Error::other)??;
+        tracing::debug!(last_log_id = ?meta.last_log_id, elapsed = ?started.elapsed(), "snapshot built");
         let snapshot = Snapshot {
             meta,
             snapshot: data,

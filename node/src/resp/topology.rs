@@ -3,9 +3,10 @@
 //! range's replicas (`CLUSTER SLOTS`, `SHARDS`, `NODES`, `INFO`).
 //!
 //! A node knows the actual leader only of the partitions it holds; for the others it
-//! names the placement's leader, which is often but not always the actual one (the
-//! balancer may keep another replica leading), so nodes can disagree about those. A
-//! client sent to the wrong node is redirected with `-MOVED`, as after a Redis failover.
+//! names the leader the balancer published for the current member set (the one it
+//! keeps and hands leadership back to), so that every node names the same masters once
+//! leadership has settled. A client sent to the wrong node meanwhile (an election in
+//! progress) is redirected with `-MOVED`, as after a Redis failover.
 
 use std::fmt::Write as _;
 
