@@ -1,6 +1,8 @@
 //! Real `dcache-node` processes on loopback, for tests that drive them as users do.
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod history;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
