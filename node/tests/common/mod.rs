@@ -2,12 +2,21 @@
 #![allow(dead_code)] // each test file uses a different part
 
 pub mod history;
+pub mod redis_tools;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+/// The workspace's root directory, where `tools/` and `bench/` are.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace holds node/")
+        .to_path_buf()
+}
 
 /// The Prometheus text served at `metrics_url`.
 pub async fn metrics_text(client: &reqwest::Client, metrics_url: &str) -> String {
