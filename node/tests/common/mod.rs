@@ -432,6 +432,12 @@ impl TestCluster {
 
     /// `dcache_resp_commands_total` samples of one result, summed over the cluster.
     pub async fn resp_commands_with_result(&self, result: &str) -> f64 {
+        self.resp_commands_labelled(&[("result", result)]).await
+    }
+
+    /// `dcache_resp_commands_total` samples with every one of `labels` (name, value),
+    /// summed over the cluster.
+    pub async fn resp_commands_labelled(&self, labels: &[(&str, &str)]) -> f64 {
         let mut sum = 0.0;
         for node in &self.nodes {
             let text = metrics_text(&self.client, &node.url("/metrics")).await;
@@ -439,7 +445,9 @@ impl TestCluster {
                 .lines()
                 .filter(|line| {
                     line.starts_with("dcache_resp_commands_total{")
-                        && line.contains(&format!("result=\"{result}\""))
+                        && labels
+                            .iter()
+                            .all(|(name, value)| line.contains(&format!("{name}=\"{value}\"")))
                 })
                 .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum::<f64>();
