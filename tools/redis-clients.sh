@@ -3,6 +3,8 @@
 # are missing: `redis-cli` (and `redis-benchmark`) from Debian's redis-tools, and
 # redis-py (PyPI's `redis`, 5 or later) in a virtualenv under target/redis-py-venv.
 # Idempotent and quiet: a second run installs nothing. Prints the venv's python.
+# With --tools-only, only redis-tools (for tests that drive redis-cli or redis-benchmark
+# alone), and prints nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -12,6 +14,7 @@ PYTHON=${PYTHON:-python3}
 
 need_command redis-cli redis-tools
 need_command redis-benchmark redis-tools
+if [ "${1:-}" = --tools-only ]; then exit 0; fi
 
 has_redis_py() {
   [ -x "$VENV/bin/python" ] &&

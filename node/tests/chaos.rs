@@ -16,12 +16,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::TestCluster;
+use common::history::{History, KeyHistory};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -31,70 +31,6 @@ const PARTITIONS: u32 = 8;
 const WRITERS: usize = 4;
 const READERS: usize = 2;
 const KEYS_PER_WRITER: usize = 25;
-
-/// What the clients know about one key. Each key has one writer, whose values count up,
-/// so "older" is "smaller".
-#[derive(Debug, Default, Clone)]
-struct KeyHistory {
-    /// The highest value a write acknowledged.
-    acknowledged: Option<u64>,
-    /// The highest value ever sent (acknowledged or not: an unanswered write may still
-    /// have been applied).
-    attempted: Option<u64>,
-    /// Values whose write got no answer (a timeout, a killed node): such a write may
-    /// take effect at any later moment, even after a newer acknowledged one, so reading
-    /// it back is no violation.
-    unanswered: Vec<u64>,
-}
-
-#[derive(Default)]
-struct History {
-    keys: Mutex<HashMap<String, KeyHistory>>,
-    acknowledged: AtomicU64,
-    unacknowledged: AtomicU64,
-    reads: AtomicU64,
-    violations: Mutex<Vec<String>>,
-}
-
-impl History {
-    fn get(&self, key: &str) -> KeyHistory {
-        self.keys
-            .lock()
-            .unwrap()
-            .get(key)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn update(&self, key: &str, change: impl FnOnce(&mut KeyHistory)) {
-        change(self.keys.lock().unwrap().entry(key.to_owned()).or_default());
-    }
-
-    fn violation(&self, what: String) {
-        eprintln!("VIOLATION: {what}");
-        self.violations.lock().unwrap().push(what);
-    }
-
-    /// Checks a value read for `key` against what was acknowledged before the read
-    /// began (`floor`) and what had been attempted by the time it answered.
-    fn check_read(&self, key: &str, floor: Option<u64>, read: Option<u64>, via: &str) {
-        let known = self.get(key);
-        let attempted = known.attempted;
-        match (floor, read) {
-            (_, Some(value)) if known.unanswered.contains(&value) => {}
-            (Some(floor), None) => self.violation(format!(
-                "{key}: read via {via} found nothing, but {floor} was acknowledged before the read"
-            )),
-            (Some(floor), Some(value)) if value < floor => self.violation(format!(
-                "{key}: stale read via {via}: {value}, but {floor} was acknowledged before the read"
-            )),
-            (_, Some(value)) if attempted.is_none_or(|a| value > a) => self.violation(format!(
-                "{key}: read via {via} answered {value}, never written (highest sent {attempted:?})"
-            )),
-            _ => {}
-        }
-    }
-}
 
 fn key_of(writer: usize, index: usize) -> String {
     format!("chaos-w{writer}-k{index}")
@@ -135,7 +71,7 @@ async fn writer(
         let key = key_of(id, rng.random_range(0..KEYS_PER_WRITER));
         let value = next_value;
         next_value += 1;
-        history.update(&key, |h| h.attempted = Some(value));
+        history.attempt(&key, value);
         let base = {
             let endpoints = endpoints.lock().unwrap();
             endpoints[rng.random_range(0..endpoints.len())].clone()
@@ -146,11 +82,9 @@ async fn writer(
             .send()
             .await;
         if answer.is_ok_and(|a| a.status() == 200) {
-            history.update(&key, |h| h.acknowledged = h.acknowledged.max(Some(value)));
-            history.acknowledged.fetch_add(1, Ordering::Relaxed);
+            history.acknowledge(&key, value);
         } else {
-            history.update(&key, |h| h.unanswered.push(value));
-            history.unacknowledged.fetch_add(1, Ordering::Relaxed);
+            history.unanswered(&key, value);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -331,13 +265,7 @@ impl Workload {
         let history = &self.history;
         // Every key that was ever acknowledged reads back its last acknowledged value
         // or a later attempt, through every node.
-        let keys: Vec<(String, KeyHistory)> = history
-            .keys
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, h)| (k.clone(), h.clone()))
-            .collect();
+        let keys: Vec<(String, KeyHistory)> = history.keys();
         let final_client = reqwest::Client::new();
         for (key, known) in &keys {
             for node in &cluster.nodes {

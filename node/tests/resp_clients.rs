@@ -18,41 +18,11 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{NodeProcess, TestCluster};
+use common::redis_tools::install_clients;
+use common::{NodeProcess, TestCluster, repo_root};
 
 /// Keys each client writes before the cluster changes and checks after.
 const KEYS: usize = 100;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace holds node/")
-        .to_path_buf()
-}
-
-/// Installs redis-cli and redis-py when missing; the venv's python.
-fn install_clients() -> PathBuf {
-    let started = Instant::now();
-    let output = Command::new("bash")
-        .arg(repo_root().join("tools/redis-clients.sh"))
-        .stderr(Stdio::piped())
-        .output()
-        .expect("bash runs tools/redis-clients.sh");
-    assert!(
-        output.status.success(),
-        "tools/redis-clients.sh could not install the Redis clients this test drives \
-         (redis-cli from Debian's redis-tools via apt-get, redis-py from PyPI into \
-         target/redis-py-venv); it said:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let python = PathBuf::from(String::from_utf8(output.stdout).unwrap().trim());
-    println!(
-        "redis clients ready in {:.1}s: {}",
-        started.elapsed().as_secs_f64(),
-        python.display()
-    );
-    python
-}
 
 /// Runs one suite to its end; panics with its output if it failed.
 fn run_suite(what: &str, command: &mut Command) {

@@ -1,11 +1,22 @@
 //! Real `dcache-node` processes on loopback, for tests that drive them as users do.
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod history;
+pub mod redis_tools;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+/// The workspace's root directory, where `tools/` and `bench/` are.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace holds node/")
+        .to_path_buf()
+}
 
 /// The Prometheus text served at `metrics_url`.
 pub async fn metrics_text(client: &reqwest::Client, metrics_url: &str) -> String {
@@ -421,6 +432,12 @@ impl TestCluster {
 
     /// `dcache_resp_commands_total` samples of one result, summed over the cluster.
     pub async fn resp_commands_with_result(&self, result: &str) -> f64 {
+        self.resp_commands_labelled(&[("result", result)]).await
+    }
+
+    /// `dcache_resp_commands_total` samples with every one of `labels` (name, value),
+    /// summed over the cluster.
+    pub async fn resp_commands_labelled(&self, labels: &[(&str, &str)]) -> f64 {
         let mut sum = 0.0;
         for node in &self.nodes {
             let text = metrics_text(&self.client, &node.url("/metrics")).await;
@@ -428,7 +445,9 @@ impl TestCluster {
                 .lines()
                 .filter(|line| {
                     line.starts_with("dcache_resp_commands_total{")
-                        && line.contains(&format!("result=\"{result}\""))
+                        && labels
+                            .iter()
+                            .all(|(name, value)| line.contains(&format!("{name}=\"{value}\"")))
                 })
                 .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum::<f64>();
