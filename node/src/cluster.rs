@@ -374,13 +374,14 @@ impl Cluster {
 
     /// Whether a read of `partition` can be served here: for a linearizable read, once
     /// this node (the leader) has confirmed its leadership and applied everything
-    /// committed before the read (read-index); for a local read, if it holds a replica.
+    /// committed before the read (read-index); for a local read, if it holds a replica
+    /// that votes (is not still catching up as a learner).
     pub async fn read(&self, partition: PartitionId, linearizable: bool) -> Route<()> {
         let group = partition_group(partition);
         if !linearizable {
-            return match self.groups.get(group) {
-                Some(_) => Route::Here(()),
-                None => self.reroute(partition, WriteRefused::NotHosted),
+            return match self.groups.check_local_read(group) {
+                Ok(()) => Route::Here(()),
+                Err(refused) => self.reroute(partition, refused),
             };
         }
         match self.groups.linearize(group).await {

@@ -142,7 +142,10 @@ async fn an_isolated_node_acknowledges_nothing_and_catches_up_when_healed() {
                 .get_settled(node, &key, "linearizable", Duration::from_secs(30))
                 .await;
             if outcome_unknown.contains(&key) {
-                assert!(value.is_none() || value == Some(json!(i)), "{key} via {node}");
+                assert!(
+                    value.is_none() || value == Some(json!(i)),
+                    "{key} via {node}"
+                );
             } else {
                 assert_eq!(value, None, "{key} via {node}");
             }

@@ -7,10 +7,13 @@
 //!   and a round started once the node is back completes, following the slot map the
 //!   cluster names then (MOVED, CLUSTERDOWN while partitions elect). dcache's counters
 //!   show its SETs were served.
-//! - Writers and readers on the Rust `redis` crate's cluster client, meanwhile, are
-//!   held to the chaos test's history checker: no GET answers a value older than one
-//!   acknowledged before it began, and at the end every acknowledged SET reads back
-//!   (its value or a later one its writer sent) through every node's RESP listener.
+//! - Writers on the Rust `redis` crate's cluster client and readers, meanwhile, are
+//!   held to the chaos test's history checker: no GET on a plain connection (no
+//!   READONLY, following MOVED) answers a value older than one acknowledged before it
+//!   began; no GET of the cluster client (which sends READONLY, so reads from any
+//!   voting replica, as from a Redis replica) answers a value nobody wrote; and at the
+//!   end every acknowledged SET reads back (its value or a later one its writer sent)
+//!   through every node's RESP listener.
 //!
 //! What settles no outcome (`-ERR outcome unknown`, `-CLUSTERDOWN`/`-TRYAGAIN` once the
 //! client's retries ran out, a dropped connection, a time-out) leaves the write
@@ -39,7 +42,8 @@ use redis::{RedisError, cmd};
 const NODES: usize = 3;
 const PARTITIONS: u32 = 8;
 const WRITERS: usize = 4;
-const READERS: usize = 2;
+/// Half of them linearizable readers on plain connections, half READONLY cluster clients.
+const READERS: usize = 4;
 const KEYS_PER_WRITER: usize = 25;
 /// A client hang must not hang the test: a request unanswered after this is counted
 /// as unanswered.
@@ -189,12 +193,23 @@ async fn writer(
     }
 }
 
-async fn reader(
-    mut connection: ClusterConnection,
-    observed: Arc<Observed>,
-    stop: Arc<AtomicBool>,
-    seed: u64,
-) {
+/// How a reader reaches the cluster, which decides what its GETs promise.
+enum ReadVia {
+    /// Plain connections that send no READONLY, following MOVED from a node picked at
+    /// random: linearizable reads, held to everything acknowledged before they began.
+    Leader {
+        nodes: Vec<String>,
+        connections: HashMap<String, MultiplexedConnection>,
+    },
+    /// The redis crate's cluster client, which sends READONLY on every connection it
+    /// opens (redis 1.2, cluster_async: "we don't know whether we'll be making read
+    /// calls to replicas"), a no-op on a Redis master. After READONLY dcache, as a
+    /// Redis replica, answers from whichever voting replica the client reaches, which
+    /// may lag: such a read may be stale, but never answers a value nobody wrote.
+    ReadOnlyClusterClient(ClusterConnection),
+}
+
+async fn reader(mut via: ReadVia, observed: Arc<Observed>, stop: Arc<AtomicBool>, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let history = &observed.history;
     while !stop.load(Ordering::Relaxed) {
@@ -203,26 +218,38 @@ async fn reader(
             rng.random_range(0..KEYS_PER_WRITER),
         );
         let floor = history.get(&key).acknowledged;
-        let answer = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            cmd("GET")
-                .arg(&key)
-                .query_async::<Option<String>>(&mut connection),
-        )
-        .await;
-        match answer {
-            Ok(Ok(read)) => {
-                history.reads.fetch_add(1, Ordering::Relaxed);
-                match parse_value(read) {
-                    Ok(value) => history.check_read(&key, floor, value, "the cluster client"),
-                    Err(what) => history.violation(format!("{key}: {what}")),
-                }
+        let (answer, floor, label) = match &mut via {
+            ReadVia::Leader { nodes, connections } => {
+                let node = nodes[rng.random_range(0..nodes.len())].clone();
+                let answer = read_following_moved(connections, &node, &key).await;
+                (answer, floor, "a plain connection")
             }
-            failed => {
-                observed.count_error(match failed {
-                    Ok(Err(e)) => format!("GET {}", error_kind(&e)),
-                    _ => "GET timeout".to_owned(),
-                });
+            ReadVia::ReadOnlyClusterClient(connection) => {
+                let answer = tokio::time::timeout(
+                    REQUEST_TIMEOUT,
+                    cmd("GET")
+                        .arg(&key)
+                        .query_async::<Option<String>>(connection),
+                )
+                .await;
+                let answer = match answer {
+                    Ok(Ok(read)) => parse_value(read).map_err(|what| {
+                        history.violation(format!("{key}: {what}"));
+                        what
+                    }),
+                    Ok(Err(e)) => Err(format!("GET {}", error_kind(&e))),
+                    Err(_) => Err("GET timeout".to_owned()),
+                };
+                (answer, None, "the READONLY cluster client")
+            }
+        };
+        match answer {
+            Ok(value) => {
+                history.reads.fetch_add(1, Ordering::Relaxed);
+                history.check_read(&key, floor, value, label);
+            }
+            Err(what) => {
+                observed.count_error(what);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -476,18 +503,7 @@ async fn keep_load(at_least: Duration, deadline: Instant, what: &str, done: impl
     }
 }
 
-/// Ignored until the readers' GETs are linearizable. The redis crate's cluster client
-/// sends READONLY on every connection it opens (redis 1.2, cluster_async: "we don't
-/// know whether we'll be making read calls to replicas"), a no-op on a Redis master;
-/// dcache serves a READONLY connection's GET from whichever replica it reaches
-/// (`consistency=local`) and never MOVEs it, every node here holding a replica of every
-/// partition. So once leaders move, the readers' slot map stays stale and their GETs
-/// answer values older than acknowledged ones from lagging followers, and nothing at
-/// all for acknowledged keys from the restarted node, which hosts its partitions
-/// before it has caught up. Every other check passes, and so do these readers on plain
-/// connections, which send no READONLY and follow MOVED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "the redis crate's cluster client sends READONLY, so its GETs are dcache's stale local reads"]
 async fn a_node_killed_under_redis_benchmark_load_loses_no_acknowledged_set() {
     let started = Instant::now();
     install_redis_tools();
@@ -520,9 +536,22 @@ async fn a_node_killed_under_redis_benchmark_load_loses_no_acknowledged_set() {
             seed.wrapping_add(id as u64),
         )));
     }
+    let resp_addrs: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|node| node.resp.clone().expect("a RESP listener"))
+        .collect();
     for id in 0..READERS {
+        let via = if id % 2 == 0 {
+            ReadVia::Leader {
+                nodes: resp_addrs.clone(),
+                connections: HashMap::new(),
+            }
+        } else {
+            ReadVia::ReadOnlyClusterClient(cluster_connection(&cluster).await)
+        };
         clients.push(tokio::spawn(reader(
-            cluster_connection(&cluster).await,
+            via,
             observed.clone(),
             stop.clone(),
             seed.wrapping_add(100 + id as u64),

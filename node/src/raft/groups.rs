@@ -211,6 +211,26 @@ impl Groups {
         }
     }
 
+    /// Whether a local read of `group` (`consistency=local`, RESP after `READONLY`) may
+    /// be answered from this node's store: by any replica that votes in the group. A
+    /// learner is still copying the group's data (a node that joined, or restarted
+    /// empty) and would answer "not found" for keys written long ago, so its reads go
+    /// to the leader.
+    pub fn check_local_read(&self, group: GroupId) -> Result<(), WriteRefused> {
+        let raft = self.get(group).ok_or(WriteRefused::NotHosted)?;
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let membership = metrics.membership_config.membership();
+        if membership.voter_ids().any(|id| id == self.id) {
+            return Ok(());
+        }
+        Err(WriteRefused::NotLeader(
+            metrics
+                .current_leader
+                .and_then(|leader| membership.get_node(&leader).cloned()),
+        ))
+    }
+
     /// Waits until a read on this node reflects every write committed before the call,
     /// if this node leads `group`: at once while its lease holds, else after a quorum
     /// confirmed its leadership (read-index).
