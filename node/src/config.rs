@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::resp::ReadonlyReads;
 use crate::store::EvictionPolicy;
 
 #[derive(Debug, Clone, Parser)]
@@ -46,6 +47,13 @@ pub struct NodeConfig {
     /// `-MOVED`). Defaults to the bound RESP address.
     #[arg(long, env = "DCACHE_ADVERTISE_RESP")]
     pub advertise_resp: Option<String>,
+
+    /// What `READONLY` does on a RESP connection: `local` reads from whichever replica
+    /// the command reaches, as a Redis replica does (possibly stale); `linearizable`
+    /// keeps every read linearizable, for clients that send READONLY on every
+    /// connection (the Rust `redis` crate's cluster client does).
+    #[arg(long, env = "DCACHE_RESP_READONLY", value_enum, default_value_t = ReadonlyReads::Local)]
+    pub resp_readonly: ReadonlyReads,
 
     /// Replicas per partition when this node initialises a cluster (capped by the
     /// member count).

@@ -65,6 +65,7 @@ pub fn build_node(
         config.partitions,
     );
     node.fault_injection = config.enable_fault_injection;
+    node.resp_readonly = config.resp_readonly;
     node.protection = protection(config)?;
     if node.protection.auth.is_none() && !api_addr.ip().is_loopback() {
         warn!(listen = %api_addr, "the API is open to anyone who can reach it: --tokens-file turns authentication on");

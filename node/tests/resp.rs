@@ -35,6 +35,38 @@ async fn plain_connection(resp: &str) -> MultiplexedConnection {
         .unwrap()
 }
 
+/// How many of 32 GETs of keys spread over the partitions a fresh connection to `resp`
+/// (after READONLY if `readonly`) is answered `-MOVED` for.
+async fn moved_gets(resp: &str, readonly: bool) -> usize {
+    let mut connection = plain_connection(resp).await;
+    if readonly {
+        let _: () = cmd("READONLY").query_async(&mut connection).await.unwrap();
+    }
+    let mut moved = 0;
+    for i in 0..32 {
+        let answer: RedisResult<Option<String>> = cmd("GET")
+            .arg(format!("probe-{i}"))
+            .query_async(&mut connection)
+            .await;
+        if let Err(e) = answer {
+            let text = e.to_string().to_lowercase();
+            assert!(text.contains("moved"), "{text}");
+            moved += 1;
+        }
+    }
+    moved
+}
+
+/// For clients that send READONLY on every connection whether or not they mean to
+/// read from replicas (the Rust redis crate's cluster client does), a node started
+/// with `--resp-readonly linearizable` keeps their reads linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readonly_can_be_kept_linearizable() {
+    let cluster = TestCluster::start_configured(3, 8, &["--resp-readonly", "linearizable"]).await;
+    let resp = cluster.nodes[0].resp.clone().unwrap();
+    assert!(moved_gets(&resp, true).await > 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_cluster_clients_work_against_a_three_node_cluster() {
     let mut cluster = TestCluster::start(3).await;
@@ -303,6 +335,11 @@ async fn redis_cluster_clients_work_against_a_three_node_cluster() {
         redirected,
         "a third of the keys are led elsewhere: some SET must be MOVED"
     );
+    // Reads of keys led elsewhere are MOVED too, unless the connection sent READONLY:
+    // every node holds a replica of every partition here and answers from it.
+    let resp = cluster.nodes[0].resp.clone().unwrap();
+    assert!(moved_gets(&resp, false).await > 0);
+    assert_eq!(moved_gets(&resp, true).await, 0);
 
     // One value, two protocols.
     let _: () = cmd("SET")

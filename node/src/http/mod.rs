@@ -23,6 +23,7 @@ pub use guard::{Access, Protection, TokenBucket, access};
 
 use crate::cluster::Cluster;
 use crate::metrics::Metrics;
+use crate::resp::ReadonlyReads;
 use crate::store::Store;
 
 /// Sizes the API refuses past (413).
@@ -44,6 +45,8 @@ pub struct Node {
     pub cluster: Option<Arc<Cluster>>,
     /// Whether `POST /admin/fault` may cut this node off (tests only).
     pub fault_injection: bool,
+    /// What READONLY does on a RESP connection.
+    pub resp_readonly: ReadonlyReads,
     /// API tokens, the admin rate limit and the request timeout.
     pub protection: Protection,
     ready: AtomicBool,
@@ -68,6 +71,7 @@ impl Node {
             partitions,
             cluster: None,
             fault_injection: false,
+            resp_readonly: ReadonlyReads::default(),
             protection: Protection::default(),
             ready: AtomicBool::new(true),
             started: Instant::now(),

@@ -16,7 +16,7 @@ use dcache_protocol::{Slot, key_slot, slot_partition};
 
 use super::codec::{ProtocolVersion, Reply};
 use super::commands::{COMMANDS, Kind, Spec, lookup};
-use super::topology;
+use super::{ReadonlyReads, topology};
 use crate::auth::Scope;
 use crate::cluster::Route;
 use crate::http::Node;
@@ -60,7 +60,8 @@ pub struct Session {
     node: Arc<Node>,
     id: u64,
     pub version: ProtocolVersion,
-    /// After READONLY: reads served by any replica (`consistency=local`).
+    /// After READONLY: reads served by any replica (`consistency=local`), unless the
+    /// node keeps them linearizable (`--resp-readonly linearizable`).
     readonly: bool,
     /// The token given with AUTH or HELLO, checked again on every command so that a
     /// token removed from the token files stops working.
@@ -274,7 +275,9 @@ impl Session {
 
     async fn read_command(&self, spec: &Spec, args: &[Bytes], slot: Slot) -> Answer {
         // GETEX without options is a read, but as a write command it ignores READONLY.
-        let linearizable = !self.readonly || spec.kind == Kind::Write;
+        let linearizable = !self.readonly
+            || spec.kind == Kind::Write
+            || self.node.resp_readonly == ReadonlyReads::Linearizable;
         self.route_read(slot, linearizable).await?;
         let store = &self.node.store;
         let now = store.clock().now_ms();
