@@ -175,6 +175,7 @@ impl Groups {
                 )
             }
         };
+        let machine = machine.with_log(log.clone());
         let raft = GroupRaft::new(
             self.id,
             self.config.clone(),

@@ -68,6 +68,36 @@ impl LogStore {
         }
     }
 
+    /// The entries after index `after` (from the first when `None`) up to `up_to`,
+    /// if the log still holds every one of them.
+    pub fn entries_between(
+        &self,
+        after: Option<u64>,
+        up_to: u64,
+    ) -> Option<Vec<EntryOf<TypeConfig>>> {
+        let first = after.map_or(0, |index| index + 1);
+        if first > up_to {
+            return Some(Vec::new());
+        }
+        let log = self.log();
+        if log.purged.is_some_and(|purged| purged.index >= first) {
+            return None;
+        }
+        let entries: Vec<_> = log
+            .entries
+            .range(first..=up_to)
+            .map(|(_, entry)| entry.clone())
+            .collect();
+        (entries.len() as u64 == up_to - first + 1).then_some(entries)
+    }
+
+    /// Appends `entry` as a flushed append would (tests drive the state machine
+    /// without a Raft core).
+    #[cfg(test)]
+    pub fn push(&self, entry: EntryOf<TypeConfig>) {
+        self.log().entries.insert(entry.log_id.index, entry);
+    }
+
     fn log(&self) -> std::sync::MutexGuard<'_, Log> {
         self.log
             .lock()

@@ -1,25 +1,37 @@
 //! Applies committed commands: a partition group's to the node's store, the cluster
 //! group's to the cluster state.
 //!
-//! A snapshot holds exactly the state at its `last_log_id`: building one holds the
-//! group's apply gate while it copies the data, so no entry is applied meanwhile.
-//! Commands are not all idempotent (INCR, APPEND): a snapshot holding values newer than
-//! its position would have them applied twice by a replica that installs it and then
-//! replays the entries after that position.
+//! A snapshot holds exactly the state at its `last_log_id`. Commands are not all
+//! idempotent (INCR, APPEND): a snapshot holding values newer than its position would
+//! have them applied twice by a replica that installs it and then replays the entries
+//! after that position.
+//!
+//! A partition's snapshot is rebuilt from the one before it and the log since: the
+//! previous snapshot's entries, the commands after it applied to them by the rules the
+//! store applies them by ([`update::apply`]), less the keys the store no longer holds
+//! (evicted, expired or deleted since). That costs the partition's own keys, not the
+//! whole store's (which one node shares among all its partitions), and stops no apply
+//! meanwhile. Only when the log no longer holds those commands is the store copied
+//! instead, holding the group's apply gate so that no entry is applied during the copy.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StoredMembership};
 
 use super::cluster_state::{ClusterSnapshot, SharedClusterView};
+use super::log_store::LogStore;
 use super::snapshot::ChunkWriter;
 use super::{Command, CommandResult, GroupId, SnapshotData, TypeConfig};
+use crate::clock::UnixMillis;
 use crate::persist::Disk;
-use crate::store::{Entry, Store};
+use crate::store::update::{self, Entries};
+use crate::store::{Entry, Store, read_snapshot, write_snapshot};
 
 /// What a group's state machine applies to.
 #[derive(Clone)]
@@ -57,6 +69,8 @@ pub struct GroupStateMachine {
     disk: Option<Arc<SnapshotDisk>>,
     /// Held while entries are applied and while a snapshot copies the data.
     gate: Arc<tokio::sync::Mutex<()>>,
+    /// The group's log, which a partition's snapshot is rebuilt from.
+    log: Option<LogStore>,
 }
 
 impl GroupStateMachine {
@@ -67,7 +81,14 @@ impl GroupStateMachine {
             applied: Arc::default(),
             disk: None,
             gate: Arc::default(),
+            log: None,
         }
+    }
+
+    /// Rebuilds partition snapshots from the previous one and `log` since.
+    pub fn with_log(mut self, log: LogStore) -> Self {
+        self.log = Some(log);
+        self
     }
 
     /// A state machine that keeps each snapshot of `group` on `disk`, starting from
@@ -91,6 +112,7 @@ impl GroupStateMachine {
                 group,
             })),
             gate: Arc::default(),
+            log: None,
         };
         if let Some(snapshot) = snapshot {
             machine.restore(&snapshot.snapshot)?;
@@ -182,7 +204,85 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
-        // Nothing is applied between reading the log position and copying the data.
+        let started = std::time::Instant::now();
+        let (snapshot, how) = match self.rebuild_from_log().await? {
+            Some(snapshot) => (snapshot, "rebuilt from the previous one and the log"),
+            None => (self.copy_under_gate().await?, "copied"),
+        };
+        tracing::debug!(last_log_id = ?snapshot.meta.last_log_id, elapsed = ?started.elapsed(), how, "snapshot built");
+        // On disk before openraft purges the log it covers.
+        self.keep(&snapshot).await?;
+        let mut applied = self.applied();
+        if applied
+            .snapshot
+            .as_ref()
+            .is_none_or(|kept| kept.meta.last_log_id <= snapshot.meta.last_log_id)
+        {
+            applied.snapshot = Some(snapshot.clone());
+        }
+        Ok(snapshot)
+    }
+}
+
+impl GroupStateMachine {
+    /// A partition's snapshot at the last applied entry, from the previous snapshot
+    /// and the log since; `None` where that cannot be (the cluster group, a log
+    /// without those entries).
+    async fn rebuild_from_log(&self) -> io::Result<Option<SnapshotOf<TypeConfig, SnapshotData>>> {
+        let (Target::Partition { store, .. }, Some(log)) = (&self.target, &self.log) else {
+            return Ok(None);
+        };
+        let (meta, base) = {
+            let applied = self.applied();
+            let meta = SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership.clone(),
+            };
+            (meta, applied.snapshot.clone())
+        };
+        let Some(up_to) = meta.last_log_id else {
+            return Ok(None);
+        };
+        let after = base
+            .as_ref()
+            .and_then(|base| base.meta.last_log_id)
+            .map(|id| id.index);
+        let Some(entries) = log.entries_between(after, up_to.index) else {
+            return Ok(None);
+        };
+        let store = store.clone();
+        let data = tokio::task::spawn_blocking(move || -> io::Result<SnapshotData> {
+            let mut rebuilt = RebuiltEntries::default();
+            if let Some(base) = base {
+                let entries = read_snapshot(base.snapshot.reader()).map_err(io::Error::other)?;
+                rebuilt.0.extend(entries);
+            }
+            for entry in &entries {
+                if let EntryPayload::Normal(command) = &entry.payload {
+                    rebuilt.apply(command);
+                }
+            }
+            let now = store.clock().now_ms();
+            let mut out = ChunkWriter::default();
+            write_snapshot(
+                &mut out,
+                rebuilt
+                    .0
+                    .into_iter()
+                    .filter(|(key, entry)| !entry.is_expired(now) && store.contains(key)),
+            )?;
+            Ok(out.finish())
+        })
+        .await
+        .map_err(io::Error::other)??;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: data,
+        }))
+    }
+
+    /// The state as it is, copied while no entry is applied.
+    async fn copy_under_gate(&self) -> io::Result<SnapshotOf<TypeConfig, SnapshotData>> {
         let gate = self.gate.clone().lock_owned().await;
         let meta = {
             let applied = self.applied();
@@ -192,7 +292,6 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
             }
         };
         let machine = self.clone();
-        let started = std::time::Instant::now();
         let data = tokio::task::spawn_blocking(move || {
             let data = machine.snapshot_data();
             drop(gate);
@@ -200,15 +299,60 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
         })
         .await
         .map_err(io::Error::other)??;
-        tracing::debug!(last_log_id = ?meta.last_log_id, elapsed = ?started.elapsed(), "snapshot built");
-        let snapshot = Snapshot {
+        Ok(Snapshot {
             meta,
             snapshot: data,
-        };
-        // On disk before openraft purges the log it covers.
-        self.keep(&snapshot).await?;
-        self.applied().snapshot = Some(snapshot.clone());
-        Ok(snapshot)
+        })
+    }
+}
+
+/// A partition's entries as a snapshot is rebuilt in: the commands of the log applied
+/// to them by the store's rules, with no memory budget (the keys the store evicted are
+/// left out once the rebuild is done).
+#[derive(Default)]
+struct RebuiltEntries(HashMap<Bytes, Entry>);
+
+impl RebuiltEntries {
+    /// Applies `command` as every replica applied it (a set of an entry already
+    /// expired is kept here, and left out with the other expired ones at the end).
+    fn apply(&mut self, command: &Command) {
+        match command {
+            Command::Set {
+                key,
+                kind,
+                data,
+                expires_at,
+            } => self.insert(
+                key.clone(),
+                Entry {
+                    kind: *kind,
+                    data: data.clone(),
+                    expires_at: *expires_at,
+                },
+            ),
+            Command::Delete { key } => self.remove(key, false),
+            Command::Update { now, update } => {
+                update::apply(update, *now, self);
+            }
+            Command::Cluster(_) => {}
+        }
+    }
+}
+
+impl Entries for RebuiltEntries {
+    fn live_at(&mut self, key: &[u8], now: UnixMillis) -> Option<Entry> {
+        self.0
+            .get(key)
+            .filter(|entry| !entry.is_expired(now))
+            .cloned()
+    }
+
+    fn insert(&mut self, key: Bytes, entry: Entry) {
+        self.0.insert(key, entry);
+    }
+
+    fn remove(&mut self, key: &[u8], _live: bool) {
+        self.0.remove(key);
     }
 }
 

@@ -284,6 +284,12 @@ impl Store {
         self.cache.insert(key, entry);
     }
 
+    /// Whether the store holds `key` (live or not yet swept), without counting a read
+    /// or touching its place in the eviction order.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.cache.contains_key(key)
+    }
+
     /// Removes `key`; true if it held a live value.
     pub fn delete(&self, key: &[u8]) -> bool {
         let now = self.clock.now_ms();

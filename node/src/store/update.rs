@@ -151,201 +151,230 @@ impl UpdateOutcome {
     }
 }
 
-impl Store {
+/// Where updates are applied: the node's store, or the map a partition's snapshot is
+/// rebuilt in from its previous snapshot and the log since
+/// (`raft::state_machine`), so that both follow one set of rules.
+pub trait Entries {
     /// The value of `key` live at `now` (the proposer's clock), not counted as a read.
-    fn live_at(&self, key: &[u8], now: UnixMillis) -> Option<Entry> {
+    fn live_at(&mut self, key: &[u8], now: UnixMillis) -> Option<Entry>;
+    /// Writes `entry` under `key`, replacing any value.
+    fn insert(&mut self, key: Bytes, entry: Entry);
+    /// Removes `key`; `live` says whether it held a live value (a delete to count).
+    fn remove(&mut self, key: &[u8], live: bool);
+}
+
+impl Entries for &Store {
+    fn live_at(&mut self, key: &[u8], now: UnixMillis) -> Option<Entry> {
         self.cache.get(key).filter(|entry| !entry.is_expired(now))
     }
 
-    /// Writes `entry`, or deletes the key when its expiry is already past at `now`.
-    fn put_at(&self, key: Bytes, entry: Entry, now: UnixMillis) {
-        if entry.is_expired(now) {
-            self.cache.invalidate(&key);
-            super::Counters::bump(&self.counters.deletes);
-        } else {
-            self.set(key, entry);
-        }
+    fn insert(&mut self, key: Bytes, entry: Entry) {
+        self.set(key, entry);
     }
 
+    fn remove(&mut self, key: &[u8], live: bool) {
+        self.cache.invalidate(key);
+        if live {
+            super::Counters::bump(&self.counters.deletes);
+        }
+    }
+}
+
+impl Store {
     /// Applies `update` as of `now`.
     pub fn apply_update(&self, update: &Update, now: UnixMillis) -> UpdateOutcome {
-        let expires = |expiry: Expiry, current: Option<&Entry>| match expiry {
-            Expiry::Keep => current.and_then(|entry| entry.expires_at),
-            Expiry::Never => None,
-            Expiry::At(at) => Some(at),
-        };
-        match update {
-            Update::Set {
-                key,
-                data,
-                expiry,
-                presence,
-                get,
-            } => {
-                let current = self.live_at(key, now);
-                let applied = match presence {
-                    Presence::Any => true,
-                    Presence::Absent => current.is_none(),
-                    Presence::Present => current.is_some(),
-                };
-                if applied {
-                    let entry = Entry {
-                        kind: ValueKind::Bytes,
-                        data: data.clone(),
-                        expires_at: expires(*expiry, current.as_ref()),
-                    };
-                    self.put_at(key.clone(), entry, now);
-                }
-                UpdateOutcome::Applied {
-                    applied,
-                    previous: current.filter(|_| *get).map(|entry| entry.data),
-                }
-            }
-            Update::SetMany {
-                pairs,
-                expiry,
-                only_if_none_exist,
-            } => {
-                if *only_if_none_exist
-                    && pairs
-                        .iter()
-                        .any(|(key, _)| self.live_at(key, now).is_some())
-                {
-                    return UpdateOutcome::applied(false);
-                }
-                for (key, data) in pairs {
-                    let entry = Entry {
-                        kind: ValueKind::Bytes,
-                        data: data.clone(),
-                        expires_at: expires(*expiry, None),
-                    };
-                    self.put_at(key.clone(), entry, now);
-                }
-                UpdateOutcome::applied(true)
-            }
-            Update::Delete { keys } => {
-                let mut deleted = 0;
-                for key in keys {
-                    if self.live_at(key, now).is_some() {
-                        deleted += 1;
-                    }
-                    self.cache.invalidate(key);
-                }
-                self.counters.deletes.inc_by(deleted);
-                UpdateOutcome::Count(deleted)
-            }
-            Update::GetDelete { key } => {
-                let current = self.live_at(key, now);
-                self.cache.invalidate(key);
-                if current.is_some() {
-                    super::Counters::bump(&self.counters.deletes);
-                }
-                UpdateOutcome::Applied {
-                    applied: current.is_some(),
-                    previous: current.map(|entry| entry.data),
-                }
-            }
-            Update::Expire {
-                key,
-                expiry,
-                condition,
-                get,
-            } => {
-                let Some(current) = self.live_at(key, now) else {
-                    return UpdateOutcome::applied(false);
-                };
-                let new = expires(*expiry, Some(&current));
-                // No expiry counts as an infinitely late one, as in Redis.
-                let later = |a: Option<UnixMillis>, b: Option<UnixMillis>| match (a, b) {
-                    (None, None) => false,
-                    (None, Some(_)) => true,
-                    (Some(_), None) => false,
-                    (Some(a), Some(b)) => a > b,
-                };
-                let applied = match condition {
-                    ExpireCondition::Always => true,
-                    ExpireCondition::NoExpiry => current.expires_at.is_none(),
-                    ExpireCondition::HasExpiry => current.expires_at.is_some(),
-                    ExpireCondition::Later => later(new, current.expires_at),
-                    ExpireCondition::Earlier => later(current.expires_at, new),
-                    ExpireCondition::EarlierWithExpiry => {
-                        current.expires_at.is_some() && later(current.expires_at, new)
-                    }
-                } && (new != current.expires_at || *expiry != Expiry::Never);
-                let previous = get.then(|| current.data.clone());
-                if applied {
-                    let entry = Entry {
-                        expires_at: new,
-                        ..current
-                    };
-                    self.put_at(key.clone(), entry, now);
-                }
-                UpdateOutcome::Applied { applied, previous }
-            }
-            Update::Append { key, data, max_len } => {
-                let current = self.live_at(key, now);
-                let old = current.as_ref().map(|entry| &entry.data[..]).unwrap_or(b"");
-                let len = (old.len() + data.len()) as u64;
-                if len > *max_len {
-                    return UpdateOutcome::Refused(TOO_LARGE.into());
-                }
-                let mut joined = Vec::with_capacity(len as usize);
-                joined.extend_from_slice(old);
-                joined.extend_from_slice(data);
+        apply(update, now, &mut &*self)
+    }
+}
+
+/// Writes `entry`, or deletes the key when its expiry is already past at `now`.
+fn put_at(entries: &mut impl Entries, key: Bytes, entry: Entry, now: UnixMillis) {
+    if entry.is_expired(now) {
+        entries.remove(&key, true);
+    } else {
+        entries.insert(key, entry);
+    }
+}
+
+/// Applies `update` to `entries` as of `now`.
+pub fn apply(update: &Update, now: UnixMillis, entries: &mut impl Entries) -> UpdateOutcome {
+    let expires = |expiry: Expiry, current: Option<&Entry>| match expiry {
+        Expiry::Keep => current.and_then(|entry| entry.expires_at),
+        Expiry::Never => None,
+        Expiry::At(at) => Some(at),
+    };
+    match update {
+        Update::Set {
+            key,
+            data,
+            expiry,
+            presence,
+            get,
+        } => {
+            let current = entries.live_at(key, now);
+            let applied = match presence {
+                Presence::Any => true,
+                Presence::Absent => current.is_none(),
+                Presence::Present => current.is_some(),
+            };
+            if applied {
                 let entry = Entry {
-                    // Appended bytes may no longer be a JSON document.
                     kind: ValueKind::Bytes,
-                    data: joined.into(),
-                    expires_at: expires(Expiry::Keep, current.as_ref()),
+                    data: data.clone(),
+                    expires_at: expires(*expiry, current.as_ref()),
                 };
-                self.put_at(key.clone(), entry, now);
-                UpdateOutcome::Count(len)
+                put_at(entries, key.clone(), entry, now);
             }
-            Update::IncrBy { key, by } => {
-                let current = self.live_at(key, now);
-                let value = match current.as_ref().map(|entry| parse_integer(&entry.data)) {
-                    None => 0,
-                    Some(Some(value)) => value,
-                    Some(None) => return UpdateOutcome::Refused(NOT_AN_INTEGER.into()),
-                };
-                let Some(value) = value.checked_add(*by) else {
-                    return UpdateOutcome::Refused(OVERFLOW.into());
-                };
-                self.put_number(key, current, value.to_string(), now);
-                UpdateOutcome::Integer(value)
-            }
-            Update::IncrByFloat { key, by } => {
-                let current = self.live_at(key, now);
-                let value = match current.as_ref().map(|entry| parse_float(&entry.data)) {
-                    None => 0.0,
-                    Some(Some(value)) => value,
-                    Some(None) => return UpdateOutcome::Refused(NOT_A_FLOAT.into()),
-                };
-                let value = value + by;
-                if !value.is_finite() {
-                    return UpdateOutcome::Refused(NOT_FINITE.into());
-                }
-                // Rust prints the shortest text that reads back as the same double,
-                // never in exponent form: Redis's "human" format for the usual values.
-                let text = format_float(value);
-                self.put_number(key, current, text.clone(), now);
-                UpdateOutcome::Text(text.into())
+            UpdateOutcome::Applied {
+                applied,
+                previous: current.filter(|_| *get).map(|entry| entry.data),
             }
         }
+        Update::SetMany {
+            pairs,
+            expiry,
+            only_if_none_exist,
+        } => {
+            if *only_if_none_exist
+                && pairs
+                    .iter()
+                    .any(|(key, _)| entries.live_at(key, now).is_some())
+            {
+                return UpdateOutcome::applied(false);
+            }
+            for (key, data) in pairs {
+                let entry = Entry {
+                    kind: ValueKind::Bytes,
+                    data: data.clone(),
+                    expires_at: expires(*expiry, None),
+                };
+                put_at(entries, key.clone(), entry, now);
+            }
+            UpdateOutcome::applied(true)
+        }
+        Update::Delete { keys } => {
+            let mut deleted = 0;
+            for key in keys {
+                let live = entries.live_at(key, now).is_some();
+                deleted += u64::from(live);
+                entries.remove(key, live);
+            }
+            UpdateOutcome::Count(deleted)
+        }
+        Update::GetDelete { key } => {
+            let current = entries.live_at(key, now);
+            entries.remove(key, current.is_some());
+            UpdateOutcome::Applied {
+                applied: current.is_some(),
+                previous: current.map(|entry| entry.data),
+            }
+        }
+        Update::Expire {
+            key,
+            expiry,
+            condition,
+            get,
+        } => {
+            let Some(current) = entries.live_at(key, now) else {
+                return UpdateOutcome::applied(false);
+            };
+            let new = expires(*expiry, Some(&current));
+            // No expiry counts as an infinitely late one, as in Redis.
+            let later = |a: Option<UnixMillis>, b: Option<UnixMillis>| match (a, b) {
+                (None, None) => false,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (Some(a), Some(b)) => a > b,
+            };
+            let applied = match condition {
+                ExpireCondition::Always => true,
+                ExpireCondition::NoExpiry => current.expires_at.is_none(),
+                ExpireCondition::HasExpiry => current.expires_at.is_some(),
+                ExpireCondition::Later => later(new, current.expires_at),
+                ExpireCondition::Earlier => later(current.expires_at, new),
+                ExpireCondition::EarlierWithExpiry => {
+                    current.expires_at.is_some() && later(current.expires_at, new)
+                }
+            } && (new != current.expires_at || *expiry != Expiry::Never);
+            let previous = get.then(|| current.data.clone());
+            if applied {
+                let entry = Entry {
+                    expires_at: new,
+                    ..current
+                };
+                put_at(entries, key.clone(), entry, now);
+            }
+            UpdateOutcome::Applied { applied, previous }
+        }
+        Update::Append { key, data, max_len } => {
+            let current = entries.live_at(key, now);
+            let old = current.as_ref().map(|entry| &entry.data[..]).unwrap_or(b"");
+            let len = (old.len() + data.len()) as u64;
+            if len > *max_len {
+                return UpdateOutcome::Refused(TOO_LARGE.into());
+            }
+            let mut joined = Vec::with_capacity(len as usize);
+            joined.extend_from_slice(old);
+            joined.extend_from_slice(data);
+            let entry = Entry {
+                // Appended bytes may no longer be a JSON document.
+                kind: ValueKind::Bytes,
+                data: joined.into(),
+                expires_at: expires(Expiry::Keep, current.as_ref()),
+            };
+            put_at(entries, key.clone(), entry, now);
+            UpdateOutcome::Count(len)
+        }
+        Update::IncrBy { key, by } => {
+            let current = entries.live_at(key, now);
+            let value = match current.as_ref().map(|entry| parse_integer(&entry.data)) {
+                None => 0,
+                Some(Some(value)) => value,
+                Some(None) => return UpdateOutcome::Refused(NOT_AN_INTEGER.into()),
+            };
+            let Some(value) = value.checked_add(*by) else {
+                return UpdateOutcome::Refused(OVERFLOW.into());
+            };
+            put_number(entries, key, current, value.to_string(), now);
+            UpdateOutcome::Integer(value)
+        }
+        Update::IncrByFloat { key, by } => {
+            let current = entries.live_at(key, now);
+            let value = match current.as_ref().map(|entry| parse_float(&entry.data)) {
+                None => 0.0,
+                Some(Some(value)) => value,
+                Some(None) => return UpdateOutcome::Refused(NOT_A_FLOAT.into()),
+            };
+            let value = value + by;
+            if !value.is_finite() {
+                return UpdateOutcome::Refused(NOT_FINITE.into());
+            }
+            // Rust prints the shortest text that reads back as the same double,
+            // never in exponent form: Redis's "human" format for the usual values.
+            let text = format_float(value);
+            put_number(entries, key, current, text.clone(), now);
+            UpdateOutcome::Text(text.into())
+        }
     }
+}
 
-    /// Stores a number's text, keeping the key's expiry and kind (a number is valid
-    /// JSON, so a JSON value stays one).
-    fn put_number(&self, key: &Bytes, current: Option<Entry>, text: String, now: UnixMillis) {
-        let entry = Entry {
-            kind: current
-                .as_ref()
-                .map_or(ValueKind::Bytes, |entry| entry.kind),
-            expires_at: current.and_then(|entry| entry.expires_at),
-            data: text.into(),
-        };
-        self.put_at(key.clone(), entry, now);
-    }
+/// Stores a number's text, keeping the key's expiry and kind (a number is valid JSON,
+/// so a JSON value stays one).
+fn put_number(
+    entries: &mut impl Entries,
+    key: &Bytes,
+    current: Option<Entry>,
+    text: String,
+    now: UnixMillis,
+) {
+    let entry = Entry {
+        kind: current
+            .as_ref()
+            .map_or(ValueKind::Bytes, |entry| entry.kind),
+        expires_at: current.and_then(|entry| entry.expires_at),
+        data: text.into(),
+    };
+    put_at(entries, key.clone(), entry, now);
 }
 
 /// A value INCR accepts: a base-10 i64 with no spaces, no `+` and no leading zeros,
