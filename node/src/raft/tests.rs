@@ -151,7 +151,7 @@ async fn a_snapshot_rebuilt_from_the_log_holds_what_the_store_holds() {
             max_memory: 16 << 20,
             eviction_policy: EvictionPolicy::Tinylfu,
         },
-        clock.clone(),
+        clock,
     );
     let log = LogStore::memory();
     let mut machine = GroupStateMachine::new(Target::Partition {
