@@ -8,14 +8,15 @@
 //!
 //! A partition's snapshot is rebuilt from the one before it and the log since: the
 //! previous snapshot's entries, the commands after it applied to them by the rules the
-//! store applies them by ([`update::apply`]), less the keys the store no longer holds
-//! (evicted, expired or deleted since). That costs the partition's own keys, not the
+//! store applies them by ([`update::apply`]), less the expired ones and, when the store
+//! evicted anything since the last rebuild, the keys it no longer holds. That costs the partition's own keys, not the
 //! whole store's (which one node shares among all its partitions), and stops no apply
 //! meanwhile. Only when the log no longer holds those commands is the store copied
 //! instead, holding the group's apply gate so that no entry is applied during the copy.
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -71,6 +72,10 @@ pub struct GroupStateMachine {
     gate: Arc<tokio::sync::Mutex<()>>,
     /// The group's log, which a partition's snapshot is rebuilt from.
     log: Option<LogStore>,
+    /// The store's eviction count when the last rebuild began (`u64::MAX` before the
+    /// first): while it stays the same, no key of the previous snapshot was evicted,
+    /// and the rebuild need not ask the store which keys it still holds.
+    evictions_at_rebuild: Arc<AtomicU64>,
 }
 
 impl GroupStateMachine {
@@ -82,6 +87,7 @@ impl GroupStateMachine {
             disk: None,
             gate: Arc::default(),
             log: None,
+            evictions_at_rebuild: Arc::new(u64::MAX.into()),
         }
     }
 
@@ -113,6 +119,7 @@ impl GroupStateMachine {
             })),
             gate: Arc::default(),
             log: None,
+            evictions_at_rebuild: Arc::new(u64::MAX.into()),
         };
         if let Some(snapshot) = snapshot {
             machine.restore(&snapshot.snapshot)?;
@@ -251,6 +258,8 @@ impl GroupStateMachine {
             return Ok(None);
         };
         let store = store.clone();
+        let evictions = store.counters().evictions.get();
+        let evicted = self.evictions_at_rebuild.load(Ordering::Relaxed) != evictions;
         let data = tokio::task::spawn_blocking(move || -> io::Result<SnapshotData> {
             let mut rebuilt = RebuiltEntries::default();
             if let Some(base) = base {
@@ -266,15 +275,16 @@ impl GroupStateMachine {
             let mut out = ChunkWriter::default();
             write_snapshot(
                 &mut out,
-                rebuilt
-                    .0
-                    .into_iter()
-                    .filter(|(key, entry)| !entry.is_expired(now) && store.contains(key)),
+                rebuilt.0.into_iter().filter(|(key, entry)| {
+                    !entry.is_expired(now) && (!evicted || store.contains(key))
+                }),
             )?;
             Ok(out.finish())
         })
         .await
         .map_err(io::Error::other)??;
+        self.evictions_at_rebuild
+            .store(evictions, Ordering::Relaxed);
         Ok(Some(Snapshot {
             meta,
             snapshot: data,
