@@ -437,6 +437,114 @@ fn resp_outcome(data: &[u8]) -> Option<RespOutcome> {
     Some(outcome)
 }
 
+/// Bytes sent on one RESP connection to a standalone node, whole, then the client's
+/// end closed: the first byte picks whether the connection first switches to RESP3
+/// (`HELLO 3`), the second is unused (room for a mode), the rest is the traffic.
+///
+/// Invariants: no panic and no hang; what the node writes back is whole RESP frames,
+/// one per request the parser takes off the input (fewer if QUIT or RESET ends the
+/// connection), and, when the input breaks the protocol, one more: a
+/// `-ERR Protocol error` after which the node closes the connection; a connection
+/// whose first request is broken writes nothing.
+pub fn resp_connection(data: &[u8]) {
+    let [mode, _, input @ ..] = data else {
+        return;
+    };
+    let hello: &[u8] = if mode % 2 == 1 { b"HELLO 3\r\n" } else { b"" };
+    let traffic = [hello, input].concat();
+    let node = Arc::new(Node::new(
+        "fuzz".into(),
+        fresh_store(),
+        LIMITS,
+        None,
+        PARTITIONS,
+    ));
+    node.store.set(
+        Bytes::from_static(b"present"),
+        crate::store::Entry {
+            kind: crate::store::ValueKind::Bytes,
+            data: Bytes::from_static(b"1"),
+            expires_at: None,
+        },
+    );
+    let before = store_fingerprint(&node.store);
+
+    // What the connection's parser will take off the input.
+    let limits = crate::resp::request_limits(&node);
+    let mut buffer = BytesMut::from(&traffic[..]);
+    let mut requests = Vec::new();
+    let broken = loop {
+        match parse_request(&mut buffer, &limits) {
+            Ok(Some(args)) => requests.push(args),
+            Ok(None) => break false,
+            Err(_) => break true,
+        }
+    };
+
+    let output = runtime().block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let serving = tokio::spawn(crate::resp::serve(
+            server,
+            node.clone(),
+            tokio_util::sync::CancellationToken::new(),
+            std::time::Duration::from_secs(5),
+        ));
+        client
+            .write_all(&traffic)
+            .await
+            .expect("the duplex takes the input");
+        client.shutdown().await.expect("the client end closes");
+        let mut output = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            client.read_to_end(&mut output),
+        )
+        .await
+        .expect("the node answers and closes within 10 s")
+        .expect("the duplex reads");
+        let _ = serving.await.expect("the connection task does not panic");
+        output
+    });
+
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at < output.len() {
+        let end = reply_end(&output, at);
+        assert!(end <= output.len(), "a reply frame is cut short");
+        frames.push(&output[at..end]);
+        at = end;
+    }
+    let ended_early = requests.iter().any(|args| {
+        args[0].eq_ignore_ascii_case(b"quit") || args[0].eq_ignore_ascii_case(b"reset")
+    });
+    if ended_early {
+        assert!(frames.len() <= requests.len() + usize::from(broken));
+    } else if broken {
+        assert_eq!(
+            frames.len(),
+            requests.len() + 1,
+            "one reply per request, one for the error"
+        );
+        assert!(
+            frames
+                .last()
+                .is_some_and(|frame| frame.starts_with(b"-ERR Protocol error")),
+            "the last reply is the protocol error: {:?}",
+            String::from_utf8_lossy(frames.last().copied().unwrap_or_default())
+        );
+    } else {
+        assert_eq!(frames.len(), requests.len(), "one reply per request");
+    }
+    if broken && requests.is_empty() {
+        assert_eq!(
+            store_fingerprint(&node.store),
+            before,
+            "a connection that only broke the protocol changed the store"
+        );
+    }
+}
+
 /// Feeds `pieces` to the parser one read at a time, taking requests off after each.
 fn read_requests(pieces: &[&[u8]], limits: &RequestLimits) -> RespOutcome {
     let mut buf = BytesMut::new();
@@ -572,6 +680,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("raft_rpc", raft_rpc),
     ("snapshot", snapshot),
     ("resp_request", resp_request),
+    ("resp_connection", resp_connection),
 ];
 
 /// Well-formed inputs to start each target from: what real peers and clients send.
@@ -582,6 +691,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "raft_rpc" => raft_seeds(),
         "snapshot" => snapshot_seeds(),
         "resp_request" => resp_seeds(),
+        "resp_connection" => resp_connection_seeds(),
         other => panic!("no fuzz target {other:?}"),
     }
 }
@@ -729,6 +839,36 @@ fn snapshot_seeds() -> Vec<Vec<u8>> {
 
 /// Requests as clients send them, cut into reads of every size, and the malformed ones
 /// Redis refuses.
+fn resp_connection_seeds() -> Vec<Vec<u8>> {
+    let seed = |resp3: u8, input: &[u8]| [&[resp3, 0][..], input].concat();
+    vec![
+        seed(
+            0,
+            b"SET k v\r\nGET k\r\nINCR n\r\nAPPEND k w\r\nDEL k present\r\n",
+        ),
+        seed(
+            1,
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n",
+        ),
+        seed(
+            0,
+            b"MSET a 1 b 2\r\nMGET a b\r\nEXPIRE a 10 NX\r\nTTL a\r\nINCRBYFLOAT f 1.5\r\n",
+        ),
+        seed(
+            1,
+            b"PING\r\nECHO hi\r\nCLIENT SETNAME me\r\nINFO keyspace\r\nDBSIZE\r\nQUIT\r\nGET k\r\n",
+        ),
+        seed(
+            0,
+            b"SET before 1\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$-5\r\nv\r\nSET after 1\r\n",
+        ),
+        seed(0, b"*1\r\n$4000000000\r\n"),
+        seed(1, b"*abc\r\n"),
+        seed(0, b"NOSUCH command\r\nSET\r\nGET a b\r\nSET k v EX -1\r\n"),
+        seed(0, b"*2\r\n$3\r\nGET\r\n$1\r\nk"),
+    ]
+}
+
 fn resp_seeds() -> Vec<Vec<u8>> {
     let seed = |cut: u8, limits: u8, input: &[u8]| [&[cut, limits][..], input].concat();
     let set_get =
