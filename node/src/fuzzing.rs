@@ -49,6 +49,21 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// A standalone node holding one key, so that deletes and replacements have something
+/// to change.
+fn standalone_node() -> Node {
+    let node = Node::new("fuzz".into(), fresh_store(), LIMITS, None, PARTITIONS);
+    node.store.set(
+        Bytes::from_static(b"present"),
+        crate::store::Entry {
+            kind: crate::store::ValueKind::Json,
+            data: Bytes::from_static(b"1"),
+            expires_at: None,
+        },
+    );
+    node
+}
+
 fn fresh_store() -> Store {
     Store::new(
         StoreConfig {
@@ -142,20 +157,11 @@ fn http_status(data: &[u8]) -> Option<StatusCode> {
         return None;
     };
 
-    let mut node = Node::new("fuzz".into(), fresh_store(), LIMITS, None, PARTITIONS);
+    let mut node = standalone_node();
     if !matches!(credentials, Credentials::AuthOff) {
         node.protection.auth = Some(authenticator());
     }
     let node = Arc::new(node);
-    // A key already there, so deletes and replacements have something to change.
-    node.store.set(
-        Bytes::from_static(b"present"),
-        crate::store::Entry {
-            kind: crate::store::ValueKind::Json,
-            data: Bytes::from_static(b"1"),
-            expires_at: None,
-        },
-    );
     let before = store_fingerprint(&node.store);
     let (status, content_type, body) = runtime().block_on(async {
         let response = router(node.clone())
@@ -452,21 +458,7 @@ pub fn resp_connection(data: &[u8]) {
     };
     let hello: &[u8] = if mode % 2 == 1 { b"HELLO 3\r\n" } else { b"" };
     let traffic = [hello, input].concat();
-    let node = Arc::new(Node::new(
-        "fuzz".into(),
-        fresh_store(),
-        LIMITS,
-        None,
-        PARTITIONS,
-    ));
-    node.store.set(
-        Bytes::from_static(b"present"),
-        crate::store::Entry {
-            kind: crate::store::ValueKind::Bytes,
-            data: Bytes::from_static(b"1"),
-            expires_at: None,
-        },
-    );
+    let node = Arc::new(standalone_node());
     let before = store_fingerprint(&node.store);
 
     // What the connection's parser will take off the input.

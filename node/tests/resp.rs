@@ -13,12 +13,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{RedisResult, Value, cmd};
 
 async fn cluster_connection(cluster: &TestCluster) -> ClusterConnection {
-    let seeds: Vec<String> = cluster
-        .nodes
-        .iter()
-        .map(|node| format!("redis://{}", node.resp.as_ref().expect("a RESP listener")))
-        .collect();
-    ClusterClient::builder(seeds)
+    ClusterClient::builder(cluster.redis_seeds())
         .retries(20)
         .build()
         .unwrap()

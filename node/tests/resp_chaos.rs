@@ -129,15 +129,10 @@ fn error_kind(error: &RedisError) -> String {
 }
 
 async fn cluster_connection(cluster: &TestCluster) -> ClusterConnection {
-    let seeds: Vec<String> = cluster
-        .nodes
-        .iter()
-        .map(|node| format!("redis://{}", node.resp.as_ref().expect("a RESP listener")))
-        .collect();
     // The crate waits 1.28 s or more between retries by default; an election here
     // takes about that, so shorter waits let a request see its end within
     // REQUEST_TIMEOUT.
-    ClusterClient::builder(seeds)
+    ClusterClient::builder(cluster.redis_seeds())
         .retries(20)
         .min_retry_wait(50)
         .max_retry_wait(1_000)

@@ -261,17 +261,19 @@ impl GroupStateMachine {
         let evictions = store.counters().evictions.get();
         let evicted = self.evictions_at_rebuild.load(Ordering::Relaxed) != evictions;
         let data = tokio::task::spawn_blocking(move || -> io::Result<SnapshotData> {
+            let now = store.clock().now_ms();
             let mut rebuilt = RebuiltEntries::default();
             if let Some(base) = base {
                 let entries = read_snapshot(base.snapshot.reader()).map_err(io::Error::other)?;
                 rebuilt.0.extend(entries);
             }
+            // As every replica applied them; a set of an entry already expired is kept
+            // here and left out with the other expired ones below.
             for entry in &entries {
                 if let EntryPayload::Normal(command) = &entry.payload {
-                    rebuilt.apply(command);
+                    apply_command(&mut rebuilt, command, now);
                 }
             }
-            let now = store.clock().now_ms();
             let mut out = ChunkWriter::default();
             write_snapshot(
                 &mut out,
@@ -321,33 +323,6 @@ impl GroupStateMachine {
 /// left out once the rebuild is done).
 #[derive(Default)]
 struct RebuiltEntries(HashMap<Bytes, Entry>);
-
-impl RebuiltEntries {
-    /// Applies `command` as every replica applied it (a set of an entry already
-    /// expired is kept here, and left out with the other expired ones at the end).
-    fn apply(&mut self, command: &Command) {
-        match command {
-            Command::Set {
-                key,
-                kind,
-                data,
-                expires_at,
-            } => self.insert(
-                key.clone(),
-                Entry {
-                    kind: *kind,
-                    data: data.clone(),
-                    expires_at: *expires_at,
-                },
-            ),
-            Command::Delete { key } => self.remove(key, false),
-            Command::Update { now, update } => {
-                update::apply(update, *now, self);
-            }
-            Command::Cluster(_) => {}
-        }
-    }
-}
 
 impl Entries for RebuiltEntries {
     fn live_at(&mut self, key: &[u8], now: UnixMillis) -> Option<Entry> {
@@ -437,6 +412,12 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
 /// Applies a partition's command to `store`: what every replica does with a committed
 /// entry, and what a standalone node does with a write at once.
 pub fn apply_to_store(store: &Store, command: &Command) -> CommandResult {
+    apply_command(&mut &*store, command, store.clock().now_ms())
+}
+
+/// Applies a partition's command to `entries` (the store, or a snapshot being rebuilt);
+/// `now` judges whether a plain delete removed a live value.
+fn apply_command(entries: &mut impl Entries, command: &Command, now: UnixMillis) -> CommandResult {
     match command {
         Command::Set {
             key,
@@ -444,7 +425,7 @@ pub fn apply_to_store(store: &Store, command: &Command) -> CommandResult {
             data,
             expires_at,
         } => {
-            store.set(
+            entries.insert(
                 key.clone(),
                 Entry {
                     kind: *kind,
@@ -455,9 +436,11 @@ pub fn apply_to_store(store: &Store, command: &Command) -> CommandResult {
             CommandResult::Done
         }
         Command::Delete { key } => CommandResult::Deleted {
-            existed: store.delete(key),
+            existed: entries.delete(key, now),
         },
-        Command::Update { now, update } => CommandResult::Updated(store.apply_update(update, *now)),
+        Command::Update { now, update } => {
+            CommandResult::Updated(update::apply(update, *now, entries))
+        }
         Command::Cluster(command) => {
             tracing::error!(%command, "cluster command proposed to a partition; ignored");
             CommandResult::Done

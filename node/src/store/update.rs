@@ -161,6 +161,12 @@ pub trait Entries {
     fn insert(&mut self, key: Bytes, entry: Entry);
     /// Removes `key`; `live` says whether it held a live value (a delete to count).
     fn remove(&mut self, key: &[u8], live: bool);
+    /// Removes `key` for a plain delete; true if it held a value live at `now`.
+    fn delete(&mut self, key: &[u8], now: UnixMillis) -> bool {
+        let live = self.live_at(key, now).is_some();
+        self.remove(key, live);
+        live
+    }
 }
 
 impl Entries for &Store {
@@ -177,6 +183,11 @@ impl Entries for &Store {
         if live {
             super::Counters::bump(&self.counters.deletes);
         }
+    }
+
+    /// Judged at the store's own clock, and not counted as a read.
+    fn delete(&mut self, key: &[u8], _now: UnixMillis) -> bool {
+        Store::delete(self, key)
     }
 }
 

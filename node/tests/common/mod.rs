@@ -430,6 +430,14 @@ impl TestCluster {
         sum
     }
 
+    /// Every node's RESP listener as a `redis://` URL: the seeds of a cluster client.
+    pub fn redis_seeds(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|node| format!("redis://{}", node.resp.as_ref().expect("a RESP listener")))
+            .collect()
+    }
+
     /// `dcache_resp_commands_total` samples of one result, summed over the cluster.
     pub async fn resp_commands_with_result(&self, result: &str) -> f64 {
         self.resp_commands_labelled(&[("result", result)]).await
