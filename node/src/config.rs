@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::resp::ReadonlyReads;
 use crate::store::EvictionPolicy;
 
 #[derive(Debug, Clone, Parser)]
@@ -335,6 +334,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?}: duration must be greater than zero"));
     }
     Ok(duration)
+}
+
+/// What `READONLY` does on a RESP connection (`--resp-readonly`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ReadonlyReads {
+    /// As on a Redis replica: reads are answered by whichever voting replica the
+    /// command reaches (`consistency=local`), and may be stale.
+    #[default]
+    Local,
+    /// READONLY is accepted and changes nothing: every read stays linearizable. For
+    /// clients that send READONLY on every connection whether or not they read from
+    /// replicas (the Rust `redis` crate's cluster client does).
+    Linearizable,
 }
 
 #[cfg(test)]

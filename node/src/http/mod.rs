@@ -22,8 +22,8 @@ pub use error::ApiError;
 pub use guard::{Access, Protection, TokenBucket, access};
 
 use crate::cluster::Cluster;
+use crate::config::ReadonlyReads;
 use crate::metrics::Metrics;
-use crate::resp::ReadonlyReads;
 use crate::store::Store;
 
 /// Sizes the API refuses past (413).

@@ -28,19 +28,6 @@ use tokio_util::sync::CancellationToken;
 use codec::{RequestLimits, parse_request};
 pub use session::Session;
 
-/// What `READONLY` does on a RESP connection (`--resp-readonly`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum ReadonlyReads {
-    /// As on a Redis replica: reads are answered by whichever voting replica the
-    /// command reaches (`consistency=local`), and may be stale.
-    #[default]
-    Local,
-    /// READONLY is accepted and changes nothing: every read stays linearizable. For
-    /// clients that send READONLY on every connection whether or not they read from
-    /// replicas (the Rust `redis` crate's cluster client does).
-    Linearizable,
-}
-
 use crate::http::Node;
 
 /// Replies held back past this many bytes are written before the next request runs.

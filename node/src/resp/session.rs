@@ -16,9 +16,10 @@ use dcache_protocol::{Slot, key_slot, slot_partition};
 
 use super::codec::{ProtocolVersion, Reply};
 use super::commands::{COMMANDS, Kind, Spec, lookup};
-use super::{ReadonlyReads, topology};
+use super::topology;
 use crate::auth::Scope;
 use crate::cluster::Route;
+use crate::config::ReadonlyReads;
 use crate::http::Node;
 use crate::metrics::RespResult;
 use crate::raft::state_machine::apply_to_store;
