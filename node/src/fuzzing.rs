@@ -829,8 +829,9 @@ fn snapshot_seeds() -> Vec<Vec<u8>> {
     ]
 }
 
-/// Requests as clients send them, cut into reads of every size, and the malformed ones
-/// Redis refuses.
+/// Whole conversations: pipelines of inline and multibulk commands, a QUIT with more
+/// after it, commands Redis refuses, and traffic that breaks the protocol first or
+/// midway.
 fn resp_connection_seeds() -> Vec<Vec<u8>> {
     let seed = |resp3: u8, input: &[u8]| [&[resp3, 0][..], input].concat();
     vec![
@@ -861,6 +862,8 @@ fn resp_connection_seeds() -> Vec<Vec<u8>> {
     ]
 }
 
+/// Requests as clients send them, cut into reads of every size, and the malformed ones
+/// Redis refuses.
 fn resp_seeds() -> Vec<Vec<u8>> {
     let seed = |cut: u8, limits: u8, input: &[u8]| [&[cut, limits][..], input].concat();
     let set_get =

@@ -9,9 +9,9 @@
 //! A partition's snapshot is rebuilt from the one before it and the log since: the
 //! previous snapshot's entries, the commands after it applied to them by the rules the
 //! store applies them by ([`update::apply`]), less the expired ones and, when the store
-//! evicted anything since the last rebuild, the keys it no longer holds. That costs the partition's own keys, not the
-//! whole store's (which one node shares among all its partitions), and stops no apply
-//! meanwhile. Only when the log no longer holds those commands is the store copied
+//! evicted anything since the last rebuild, the keys it no longer holds. That costs the
+//! partition's own keys, not the whole store's (which one node shares among all its
+//! partitions), and stops no apply meanwhile. Only when the log no longer holds those commands is the store copied
 //! instead, holding the group's apply gate so that no entry is applied during the copy.
 
 use std::collections::HashMap;
@@ -264,8 +264,9 @@ impl GroupStateMachine {
             let now = store.clock().now_ms();
             let mut rebuilt = RebuiltEntries::default();
             if let Some(base) = base {
-                let entries = read_snapshot(base.snapshot.reader()).map_err(io::Error::other)?;
-                rebuilt.0.extend(entries);
+                let base_entries =
+                    read_snapshot(base.snapshot.reader()).map_err(io::Error::other)?;
+                rebuilt.0.extend(base_entries);
             }
             // As every replica applied them; a set of an entry already expired is kept
             // here and left out with the other expired ones below.

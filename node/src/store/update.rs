@@ -191,6 +191,9 @@ impl Entries for &Store {
     }
 }
 
+/// The tests' shorthand; replicas apply updates through the state machine's
+/// `apply_command`, which serves the store and snapshot rebuilds alike.
+#[cfg(test)]
 impl Store {
     /// Applies `update` as of `now`.
     pub fn apply_update(&self, update: &Update, now: UnixMillis) -> UpdateOutcome {
