@@ -41,6 +41,22 @@ wait_http() {
   return 1
 }
 
+# Waits until the RESP listener at HOST:PORT says every partition is led (CLUSTER INFO
+# ok) and CLUSTER NODES names NODES nodes: redis-benchmark --cluster learns the nodes
+# once, and gives up on a slot map that later names a node it did not learn.
+# Usage: wait_resp_cluster HOST:PORT NODES
+wait_resp_cluster() {
+  local host=${1%:*} port=${1##*:} nodes=$2
+  for _ in $(seq 600); do
+    redis-cli -h "$host" -p "$port" CLUSTER INFO 2>/dev/null | grep -q 'cluster_state:ok' &&
+      [ "$(redis-cli -h "$host" -p "$port" CLUSTER NODES 2>/dev/null | grep -c master)" -ge "$nodes" ] &&
+      return 0
+    sleep 0.1
+  done
+  echo "the cluster behind $1 never reported $nodes nodes with every slot led" >&2
+  return 1
+}
+
 # Resident set size of PID, in KiB.
 rss_kib() {
   awk '/^VmRSS:/ {print $2}' "/proc/$1/status"

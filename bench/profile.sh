@@ -16,13 +16,13 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 need_command perf linux-perf
 need_command curl curl
+LOAD=${LOAD:-http}
 [ "$LOAD" != resp ] || need_command redis-benchmark redis-tools
 
 DCACHE=${DCACHE:-target/release/dcache}
 PHASE_SECONDS=${SECONDS_PER_PHASE:-8}
 CONNECTIONS=${CONNECTIONS:-32}
 KEYSPACE=10000
-LOAD=${LOAD:-http}
 OUT=${OUT:-bench/results/profile.md}
 TOP=${TOP:-25}
 work=$(mktemp -d /dev/shm/dcache-profile.XXXXXX)
@@ -42,6 +42,7 @@ start_dcache_local "$work"
 
 resp_addr=$(python3 -c 'import json, sys
 print(json.load(open(sys.argv[1]))["nodes"][0]["resp_addr"])' "$work/dcache/local-cluster.json")
+[ "$LOAD" != resp ] || wait_resp_cluster "$resp_addr" 3
 
 # resp_load PHASE: redis-benchmark --cluster for PHASE_SECONDS + 2 s; writes the JSON
 # report profile() reads (ops/s from its last "overall" progress figure).
@@ -137,7 +138,7 @@ report = json.load(open(sys.argv[1]))
 ops = report.get("set" if sys.argv[2] == "sets" else "get", {})
 print()
 latency = ops.get("latency_ms", {})
-if "mean" in latency:  # redis-benchmark's progress line gives the mean only
+if "p50" not in latency:  # redis-benchmark's progress line gives the mean only
     shape = f"mean {latency['mean']:.2f} ms"
 else:
     shape = f"p50 {latency.get('p50', 0):.2f} ms, p99 {latency.get('p99', 0):.2f} ms"

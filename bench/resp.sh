@@ -41,16 +41,7 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-# Every partition led before the clock starts (CLUSTER INFO says ok), and every node
-# in CLUSTER NODES: redis-benchmark learns the nodes once, and gives up on a slot map
-# that later names a node it did not learn.
-for _ in $(seq 600); do
-  redis-cli -h "${dcache_resp%:*}" -p "${dcache_resp##*:}" CLUSTER INFO 2>/dev/null |
-    grep -q 'cluster_state:ok' &&
-    [ "$(redis-cli -h "${dcache_resp%:*}" -p "${dcache_resp##*:}" CLUSTER NODES 2>/dev/null |
-      grep -c master)" -ge 3 ] && break
-  sleep 0.1
-done
+wait_resp_cluster "$dcache_resp" 3
 
 # run SYSTEM PIPELINE: one redis-benchmark run of SET then GET; appends its CSV rows to
 # results.csv as "system,pipeline,test,rps,avg,min,p50,p95,p99,max".
