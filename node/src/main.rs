@@ -19,10 +19,17 @@ fn init_logging(format: LogFormat) {
 fn main() -> anyhow::Result<()> {
     let config = NodeConfig::parse();
     init_logging(config.log_format);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.worker_threads > 0 {
-        runtime.worker_threads(config.worker_threads);
-    }
+    // One thread needs no work stealing: the current-thread scheduler runs woken tasks in
+    // the order they were woken, which lets the Raft streams batch what every group queued.
+    let mut runtime = if config.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut runtime = tokio::runtime::Builder::new_multi_thread();
+        if config.worker_threads > 0 {
+            runtime.worker_threads(config.worker_threads);
+        }
+        runtime
+    };
     runtime
         .enable_all()
         .build()
