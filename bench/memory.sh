@@ -12,7 +12,7 @@ NODE=target/release/dcache-node
 BUDGET=${BUDGET:-64MiB}
 VALUE_BYTES=${VALUE_BYTES:-1024}
 TOTAL_WRITES=${TOTAL_WRITES:-1048576}   # x 1 KiB = 1 GiB
-OUT=bench/results/memory.md
+OUT=${OUT:-bench/results/memory.md}
 
 start_node() { # budget -> sets PID, URL
   local port; port=$(free_port)

@@ -15,7 +15,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 VALUE_BYTES=100
-OUT=bench/results/node.md
+OUT=${OUT:-bench/results/node.md}
 work=$(mktemp -d)
 cleanup() { kill "$node_pid" "$(cat "$work/nginx.pid" 2>/dev/null)" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT

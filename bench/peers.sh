@@ -18,7 +18,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 KEYSPACE=10000
-OUT=bench/results/peers.md
+OUT=${OUT:-bench/results/peers.md}
 use_workdir /dev/shm/dcache-peers.XXXXXX
 
 # dcache: a 3-node local cluster (release build), default settings.

@@ -19,7 +19,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 KEYSPACE=10000
-OUT=bench/results/persistence.md
+OUT=${OUT:-bench/results/persistence.md}
 use_workdir "$PWD/target/bench-persistence.XXXXXX"
 
 # The three nodes share the machine: each gets its share of the cores, as in

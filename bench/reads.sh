@@ -15,7 +15,7 @@ NODE=target/release/dcache-node
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
-OUT=bench/results/reads.md
+OUT=${OUT:-bench/results/reads.md}
 work=$(mktemp -d)
 # Node pids go to a file: start_cluster runs in a command substitution (a subshell).
 stop_cluster() {

@@ -272,10 +272,7 @@ async fn read_frame(reader: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Op
     Ok(Some(frame.into()))
 }
 
-async fn read_responses(
-    reader: impl AsyncRead + Unpin,
-    waiting: &Waiting,
-) -> std::io::Result<()> {
+async fn read_responses(reader: impl AsyncRead + Unpin, waiting: &Waiting) -> std::io::Result<()> {
     let mut reader = tokio::io::BufReader::with_capacity(READ_BUFFER, reader);
     while let Some(mut frame) = read_frame(&mut reader).await? {
         if frame.remaining() < 10 || frame.get_u8() != RESPONSE {
