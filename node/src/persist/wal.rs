@@ -2,9 +2,13 @@
 //!
 //! A node hosts some 65 groups; a log per group, each fsynced on its own, would cost
 //! one disk flush per group per batch. Here every group appends its records to one
-//! queue; a flusher thread writes whatever has gathered with one write(2) and one
-//! fdatasync, then completes every append of the batch (openraft's `IOFlushed`), so
-//! concurrent writes to many partitions share each flush.
+//! queue. Once the runtime has run every task that was ready (one round of work: the
+//! appends of all the groups woken together), a task writes what has gathered with one
+//! write(2); with `--fsync always` it then asks the flusher thread for an fdatasync,
+//! which covers every batch written before it starts; then it completes every append
+//! of the batch (openraft's `IOFlushed`). Concurrent writes to many partitions share
+//! each write and each flush, and the Raft thread is woken once per flush, not once
+//! per append. With an interval the flusher syncs on its clock.
 //!
 //! ## Format
 //!
@@ -218,6 +222,16 @@ struct State {
     waiters: Vec<Waiter>,
     /// A waiter of the queued batch needs its bytes synced whatever the policy.
     sync_requested: bool,
+    /// The flusher thread is to write what is queued: it was queued outside a Tokio
+    /// runtime, where no task can write it (see [`Wal::flush_after_this_round`]).
+    flush_requested: bool,
+    /// A task is queued on the runtime to write what is queued once the runtime's
+    /// ready tasks have run.
+    flush_scheduled: bool,
+    /// Written batches waiting for the flusher thread's next fdatasync.
+    sync_waiters: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    /// When the first write not yet synced was made (the interval policy's clock).
+    unsynced_since: Option<Instant>,
     active: u64,
     active_bytes: u64,
     /// Per segment (the active one included), the last entry index of each group in it.
@@ -233,11 +247,20 @@ struct Shared {
     policy: FsyncPolicy,
     segment_bytes: u64,
     metrics: WalMetrics,
+    /// The active segment, locked while a batch is written so that batches reach it in
+    /// the order they were queued. Taken before `state` when both are.
+    segment: Mutex<Segment>,
     state: Mutex<State>,
     wake: Condvar,
     /// Each open group's in-memory log, for compaction.
     logs: Mutex<HashMap<GroupId, Weak<Mutex<Log>>>>,
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+struct Segment {
+    /// Shared so that a sync can run while the next batch is written.
+    file: Arc<File>,
+    seq: u64,
 }
 
 /// The node's write-ahead log. Clones share it.
@@ -432,17 +455,21 @@ impl Wal {
             groups.iter().map(|(g, r)| (*g, r.meta())).collect(),
         ))?;
         let path = segment_path(dir, active);
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .create_new(true)
             .append(true)
             .open(&path)?;
-        file.write_all(&checkpoint)?;
+        (&file).write_all(&checkpoint)?;
         file.sync_data()?;
         sync_dir(dir)?;
         let state = State {
             ops: Vec::new(),
             waiters: Vec::new(),
             sync_requested: false,
+            flush_requested: false,
+            flush_scheduled: false,
+            sync_waiters: Vec::new(),
+            unsynced_since: None,
             active,
             active_bytes: checkpoint.len() as u64,
             pins,
@@ -457,6 +484,10 @@ impl Wal {
                 policy: options.policy,
                 segment_bytes: options.segment_bytes,
                 metrics,
+                segment: Mutex::new(Segment {
+                    file: Arc::new(file),
+                    seq: active,
+                }),
                 state: Mutex::new(state),
                 wake: Condvar::new(),
                 logs: Mutex::default(),
@@ -471,7 +502,7 @@ impl Wal {
         let shared = wal.shared.clone();
         let flusher = std::thread::Builder::new()
             .name("dcache-wal".into())
-            .spawn(move || flush_loop(&shared, file, active))?;
+            .spawn(move || flush_loop(&shared))?;
         *wal.shared.flusher.lock().unwrap_or_else(|p| p.into_inner()) = Some(flusher);
         wal.shared.wake.notify_one();
         info!(
@@ -528,13 +559,163 @@ impl Wal {
         if state.active_bytes >= self.shared.segment_bytes {
             self.roll(&mut state);
         }
-        drop(state);
         // A record no one waits for (a commit index, a truncation, a purge) goes with
         // the next batch someone waits for: waking the flusher thread for it alone
         // would cost a wake-up per commit on every node.
-        if someone_waits {
-            self.shared.wake.notify_one();
+        if !someone_waits {
+            return;
         }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let schedule = !std::mem::replace(&mut state.flush_scheduled, true);
+                drop(state);
+                if schedule {
+                    self.flush_after_this_round(&runtime);
+                }
+            }
+            Err(_) => {
+                state.flush_requested = true;
+                drop(state);
+                self.shared.wake.notify_one();
+            }
+        }
+    }
+
+    /// Writes what is queued once the runtime has run every task that is ready now,
+    /// so that the appends of all the groups woken together (the leaders' new entries
+    /// and the followers' appends that arrived in one stream batch) share one write(2)
+    /// and, with `--fsync always`, one fdatasync; their waiters complete back on the
+    /// runtime. Handing every append to the flusher thread, with every completion a
+    /// wake-up from another thread, cost several thread switches per replicated write
+    /// and nearly doubled a write's CPU.
+    fn flush_after_this_round(&self, runtime: &tokio::runtime::Handle) {
+        let wal = self.clone();
+        runtime.spawn(async move {
+            tokio::task::yield_now().await;
+            let (waiters, sync_requested, mut result) = wal.write_queued();
+            let sync = sync_requested || matches!(wal.shared.policy, FsyncPolicy::Always);
+            if result.is_ok() && sync && !waiters.is_empty() {
+                result = wal.synced_by_flusher().await;
+            }
+            for waiter in waiters {
+                waiter.complete(&result);
+            }
+        });
+    }
+
+    /// Writes every queued record, in order, to the active segment; returns the
+    /// waiters of the records written and whether one of them needs a sync.
+    fn write_queued(&self) -> (Vec<Waiter>, bool, Result<(), String>) {
+        let mut segment = self
+            .shared
+            .segment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (ops, waiters, sync_requested) = {
+            let mut state = self.state();
+            state.flush_scheduled = false;
+            state.flush_requested = false;
+            let taken = (
+                std::mem::take(&mut state.ops),
+                std::mem::take(&mut state.waiters),
+                std::mem::take(&mut state.sync_requested),
+            );
+            if let Some(failed) = &state.failed {
+                let failed = Err(format!("the write-ahead log failed earlier: {failed}"));
+                return (taken.1, taken.2, failed);
+            }
+            taken
+        };
+        let mut written = 0;
+        let mut result = Ok(());
+        for op in ops {
+            result = match op {
+                Op::Write(bytes) => (&*segment.file).write_all(&bytes).map(|()| {
+                    written += bytes.len() as u64;
+                }),
+                Op::Roll(next) => segment.file.sync_data().and_then(|()| {
+                    let file = OpenOptions::new()
+                        .create_new(true)
+                        .append(true)
+                        .open(segment_path(&self.shared.dir, next))?;
+                    *segment = Segment {
+                        file: Arc::new(file),
+                        seq: next,
+                    };
+                    sync_dir(&self.shared.dir)
+                }),
+                Op::Delete(segments) => segment.file.sync_data().and_then(|()| {
+                    for seq in segments {
+                        debug_assert_ne!(seq, segment.seq);
+                        fs::remove_file(segment_path(&self.shared.dir, seq))?;
+                    }
+                    sync_dir(&self.shared.dir)
+                }),
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+        if written > 0 {
+            self.shared.metrics.bytes_written.inc_by(written);
+            let mut state = self.state();
+            if state.unsynced_since.is_none() {
+                state.unsynced_since = Some(Instant::now());
+                // The interval policy's flusher starts its clock.
+                self.shared.wake.notify_one();
+            }
+        }
+        let result = result.map_err(|e| self.fail(e));
+        (waiters, sync_requested, result)
+    }
+
+    /// Every byte written so far synced to the disk, by the flusher thread: its sync
+    /// covers every batch written before it starts, so batches written meanwhile share
+    /// the next one.
+    async fn synced_by_flusher(&self) -> Result<(), String> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        {
+            let mut state = self.state();
+            if let Some(failed) = &state.failed {
+                return Err(format!("the write-ahead log failed earlier: {failed}"));
+            }
+            state.sync_waiters.push(sender);
+        }
+        self.shared.wake.notify_one();
+        receiver
+            .await
+            .unwrap_or_else(|_| Err("the write-ahead log stopped".to_owned()))
+    }
+
+    /// Syncs what has been written to the active segment, if anything is unsynced.
+    fn sync_written(&self) -> Result<(), String> {
+        let file = self
+            .shared
+            .segment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .file
+            .clone();
+        let Some(since) = self.state().unsynced_since.take() else {
+            return Ok(());
+        };
+        file.sync_data().map_err(|e| self.fail(e))?;
+        self.shared.metrics.syncs.inc();
+        if matches!(self.shared.policy, FsyncPolicy::Interval(_)) {
+            self.shared
+                .metrics
+                .unsynced_window
+                .observe(since.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// Records that the log failed: every later append fails at once.
+    fn fail(&self, error: io::Error) -> String {
+        let error = error.to_string();
+        error!(error = %error, "write-ahead log failed; the groups of this node stop");
+        self.state().failed.get_or_insert_with(|| error.clone());
+        error
     }
 
     fn roll(&self, state: &mut State) {
@@ -550,6 +731,7 @@ impl Wal {
         state.ops.push(Op::Write(checkpoint));
         self.collect_garbage(state);
         state.compact = true;
+        self.shared.wake.notify_one();
     }
 
     /// Queues the deletion of the oldest segments no group needs any more.
@@ -739,20 +921,25 @@ impl Wal {
     }
 }
 
-fn flush_loop(shared: &Arc<Shared>, mut file: File, mut segment: u64) {
+/// The flusher thread: syncs for the batches that ask (`--fsync always`, votes,
+/// snapshots), on the interval otherwise, and writes what was queued outside a
+/// runtime; copies live entries forward after a roll.
+fn flush_loop(shared: &Arc<Shared>) {
     let wal = Wal {
         shared: shared.clone(),
     };
-    // The first acknowledged write not yet synced (interval policy).
-    let mut unsynced_since: Option<Instant> = None;
     loop {
-        let (ops, waiters, sync_requested, closed, compact) = {
+        let (sync_waiters, closed, compact) = {
             let mut state = wal.state();
             loop {
-                if !state.ops.is_empty() || state.closed || state.compact {
+                if state.flush_requested
+                    || !state.sync_waiters.is_empty()
+                    || state.closed
+                    || state.compact
+                {
                     break;
                 }
-                match (shared.policy, unsynced_since) {
+                match (shared.policy, state.unsynced_since) {
                     (FsyncPolicy::Interval(every), Some(since)) => {
                         let due = since + every;
                         let now = Instant::now();
@@ -770,91 +957,52 @@ fn flush_loop(shared: &Arc<Shared>, mut file: File, mut segment: u64) {
                     }
                 }
             }
-            let compact = std::mem::take(&mut state.compact);
             (
-                std::mem::take(&mut state.ops),
-                std::mem::take(&mut state.waiters),
-                std::mem::take(&mut state.sync_requested),
+                std::mem::take(&mut state.sync_waiters),
                 state.closed,
-                compact,
+                std::mem::take(&mut state.compact),
             )
         };
-        let mut result: io::Result<()> = Ok(());
-        for op in ops {
-            result = match op {
-                Op::Write(bytes) => file.write_all(&bytes).map(|()| {
-                    shared.metrics.bytes_written.inc_by(bytes.len() as u64);
-                    unsynced_since.get_or_insert_with(Instant::now);
-                }),
-                Op::Roll(next) => file.sync_data().and_then(|()| {
-                    file = OpenOptions::new()
-                        .create_new(true)
-                        .append(true)
-                        .open(segment_path(&shared.dir, next))?;
-                    segment = next;
-                    sync_dir(&shared.dir)
-                }),
-                Op::Delete(segments) => file.sync_data().and_then(|()| {
-                    for seq in segments {
-                        debug_assert_ne!(seq, segment);
-                        fs::remove_file(segment_path(&shared.dir, seq))?;
-                    }
-                    sync_dir(&shared.dir)
-                }),
-            };
-            if result.is_err() {
-                break;
-            }
-        }
-        let sync_now = match shared.policy {
+        let (waiters, sync_requested, mut result) = wal.write_queued();
+        let sync = match shared.policy {
             FsyncPolicy::Always => true,
             FsyncPolicy::Interval(every) => {
-                sync_requested || closed || unsynced_since.is_some_and(|t| t.elapsed() >= every)
+                sync_requested
+                    || closed
+                    || !sync_waiters.is_empty()
+                    || wal
+                        .state()
+                        .unsynced_since
+                        .is_some_and(|t| t.elapsed() >= every)
             }
         };
-        if result.is_ok() && sync_now {
-            if let Some(since) = unsynced_since.take() {
-                result = file.sync_data();
-                shared.metrics.syncs.inc();
-                if matches!(shared.policy, FsyncPolicy::Interval(_)) {
-                    shared
-                        .metrics
-                        .unsynced_window
-                        .observe(since.elapsed().as_secs_f64());
-                }
-            }
-        }
-        let result = result.map_err(|e| e.to_string());
-        if let Err(e) = &result {
-            error!(error = %e, "write-ahead log failed; the groups of this node stop");
-            let mut state = wal.state();
-            state.failed = Some(e.clone());
-            let stranded = std::mem::take(&mut state.waiters);
-            drop(state);
-            for waiter in stranded {
-                waiter.complete(&result);
-            }
+        if result.is_ok() && sync {
+            result = wal.sync_written();
         }
         for waiter in waiters {
             waiter.complete(&result);
         }
+        for waiter in sync_waiters {
+            let _ = waiter.send(result.clone());
+        }
         if compact && result.is_ok() {
             wal.compact();
         }
-        if closed && wal.state().ops.is_empty() {
-            return;
-        }
-        if result.is_err() {
-            // Nothing more can be stored; wait to be closed, failing every append.
+        if closed {
             let mut state = wal.state();
-            while !state.closed {
-                for waiter in std::mem::take(&mut state.waiters) {
-                    waiter.complete(&result);
+            if state.ops.is_empty() {
+                // Whatever comes later fails at once rather than wait for a flusher
+                // that is gone.
+                state
+                    .failed
+                    .get_or_insert_with(|| "it is closed".to_owned());
+                let stranded = std::mem::take(&mut state.sync_waiters);
+                drop(state);
+                for waiter in stranded {
+                    let _ = waiter.send(Err("the write-ahead log is closed".to_owned()));
                 }
-                state.ops.clear();
-                state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+                return;
             }
-            return;
         }
     }
 }
