@@ -242,6 +242,15 @@ struct State {
     compact: bool,
 }
 
+impl State {
+    /// Why nothing more can be stored, once the log has failed (or closed).
+    fn refusal(&self) -> Option<String> {
+        self.failed
+            .as_ref()
+            .map(|failed| format!("the write-ahead log failed earlier: {failed}"))
+    }
+}
+
 struct Shared {
     dir: PathBuf,
     policy: FsyncPolicy,
@@ -538,11 +547,10 @@ impl Wal {
     ) {
         let someone_waits = waiter.is_some() || sync;
         let mut state = self.state();
-        if let Some(failed) = &state.failed {
-            let failed = Err(format!("the write-ahead log failed earlier: {failed}"));
+        if let Some(refusal) = state.refusal() {
             drop(state);
             if let Some(waiter) = waiter {
-                waiter.complete(&failed);
+                waiter.complete(&Err(refusal));
             }
             return;
         }
@@ -562,16 +570,15 @@ impl Wal {
         // A record no one waits for (a commit index, a truncation, a purge) goes with
         // the next batch someone waits for: waking the flusher thread for it alone
         // would cost a wake-up per commit on every node.
-        if !someone_waits {
+        // A task already scheduled takes this record with the rest of its round.
+        if !someone_waits || state.flush_scheduled {
             return;
         }
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                let schedule = !std::mem::replace(&mut state.flush_scheduled, true);
+                state.flush_scheduled = true;
                 drop(state);
-                if schedule {
-                    self.flush_after_this_round(&runtime);
-                }
+                self.flush_after_this_round(&runtime);
             }
             Err(_) => {
                 state.flush_requested = true;
@@ -620,9 +627,8 @@ impl Wal {
                 std::mem::take(&mut state.waiters),
                 std::mem::take(&mut state.sync_requested),
             );
-            if let Some(failed) = &state.failed {
-                let failed = Err(format!("the write-ahead log failed earlier: {failed}"));
-                return (taken.1, taken.2, failed);
+            if let Some(refusal) = state.refusal() {
+                return (taken.1, taken.2, Err(refusal));
             }
             taken
         };
@@ -676,8 +682,8 @@ impl Wal {
         let (sender, receiver) = tokio::sync::oneshot::channel();
         {
             let mut state = self.state();
-            if let Some(failed) = &state.failed {
-                return Err(format!("the write-ahead log failed earlier: {failed}"));
+            if let Some(refusal) = state.refusal() {
+                return Err(refusal);
             }
             state.sync_waiters.push(sender);
         }
@@ -817,10 +823,8 @@ impl Wal {
     }
 
     fn queue(&self, record: Record<'_>, update: impl FnOnce(&mut State)) -> io::Result<()> {
-        if let Some(failed) = &self.state().failed {
-            return Err(io::Error::other(format!(
-                "the write-ahead log failed earlier: {failed}"
-            )));
+        if let Some(refusal) = self.state().refusal() {
+            return Err(io::Error::other(refusal));
         }
         self.push(frame(&record)?, None, false, update);
         Ok(())
