@@ -114,6 +114,11 @@ pub struct Streams<D> {
     dialer: D,
     peers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Connection>>>>>,
     next_id: AtomicU64,
+    /// Where a stream's reader and writer run: the runtime the streams were made on (the
+    /// node's Raft runtime), not that of the first caller. A stream opened by a client
+    /// worker would otherwise hand every message and answer across threads, each
+    /// handover an eventfd write to wake the other runtime.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl<D: Dialer> Streams<D> {
@@ -122,6 +127,7 @@ impl<D: Dialer> Streams<D> {
             dialer,
             peers: Mutex::default(),
             next_id: AtomicU64::new(1),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -190,7 +196,7 @@ impl<D: Dialer> Streams<D> {
                 .await
                 .map_err(|_| StreamError::Connect(format!("connecting to {addr} timed out")))?
                 .map_err(StreamError::Connect)?;
-            *slot = Some(open(stream));
+            *slot = Some(open(stream, self.runtime.as_ref()));
         }
         let connection = slot.as_ref().expect("opened above");
         connection
@@ -205,19 +211,19 @@ impl<D: Dialer> Streams<D> {
     }
 }
 
-/// Starts the writer and reader of a client stream.
-fn open(stream: BoxedStream) -> Connection {
+/// Starts the writer and reader of a client stream, on `runtime` if given.
+fn open(stream: BoxedStream, runtime: Option<&tokio::runtime::Handle>) -> Connection {
     let (reader, writer) = tokio::io::split(stream);
     let (queue, outgoing) = mpsc::unbounded_channel();
     let waiting: Waiting = Arc::default();
     let broken: Arc<std::sync::atomic::AtomicBool> = Arc::default();
     let writer_broken = broken.clone();
-    tokio::spawn(async move {
+    spawn_on(runtime, async move {
         write_batches(writer, outgoing).await;
         writer_broken.store(true, Ordering::Relaxed);
     });
     let (answers, reader_broken) = (waiting.clone(), broken.clone());
-    tokio::spawn(async move {
+    spawn_on(runtime, async move {
         let _ = read_responses(reader, &answers).await;
         reader_broken.store(true, Ordering::Relaxed);
         // Dropping the senders tells every waiting caller that the stream broke.
@@ -227,6 +233,16 @@ fn open(stream: BoxedStream) -> Connection {
         queue,
         waiting,
         broken,
+    }
+}
+
+fn spawn_on(
+    runtime: Option<&tokio::runtime::Handle>,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    match runtime {
+        Some(runtime) => drop(runtime.spawn(task)),
+        None => drop(tokio::spawn(task)),
     }
 }
 
