@@ -28,14 +28,15 @@ pub const TTL_HEADER: &str = "x-dcache-ttl";
 /// around a value of the maximum size.
 const JSON_ENVELOPE_SLACK: usize = 64 * 1024;
 
+// The handlers take the request whole and borrow its URI and headers: extracting them
+// would clone the header map (two allocations a request) for the rare forward.
 pub async fn get_value(
     State(node): State<Arc<Node>>,
-    uri: Uri,
-    headers: HeaderMap,
-    query: Result<Query<CacheQuery>, QueryRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let key = cache_key(&uri, &node.limits)?;
-    let query = parse_query(query)?;
+    let (uri, headers) = (request.uri(), request.headers());
+    let key = cache_key(uri, &node.limits)?;
+    let query = parse_query(Query::try_from_uri(uri))?;
     if let Some(cluster) = &node.cluster {
         let partition = partition_of(&key, node.partitions);
         let linearizable = query.consistency == Consistency::Linearizable;
@@ -46,8 +47,8 @@ pub async fn get_value(
                     &node,
                     &member.api_addr,
                     Method::GET,
-                    &uri,
-                    &headers,
+                    uri,
+                    headers,
                     Bytes::new(),
                 )
                 .await;
@@ -80,21 +81,19 @@ pub async fn get_value(
 
 pub async fn set_value(
     State(node): State<Arc<Node>>,
-    uri: Uri,
-    query: Result<Query<CacheQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let key = cache_key(&uri, &node.limits)?;
-    let query = parse_query(query)?;
-    let headers = request.headers().clone();
-    let method = request.method().clone();
-    let kind = body_kind(&headers)?;
+    let (request, body) = request.into_parts();
+    let (uri, headers, method) = (&request.uri, &request.headers, request.method.clone());
+    let key = cache_key(uri, &node.limits)?;
+    let query = parse_query(Query::try_from_uri(uri))?;
+    let kind = body_kind(headers)?;
     let max_value = node.limits.max_value_bytes;
     let body_limit = match kind {
         ValueKind::Json => max_value + JSON_ENVELOPE_SLACK,
         ValueKind::Bytes => max_value,
     };
-    let body = read_body(request, body_limit, max_value).await?;
+    let body = read_body(headers, body, body_limit, max_value).await?;
     let original_body = body.clone();
     let (data, ttl_seconds) = match kind {
         ValueKind::Json => {
@@ -128,7 +127,7 @@ pub async fn set_value(
     match &node.cluster {
         None => node.store.set(key_bytes, entry),
         Some(cluster) => {
-            refuse_if_past_deadline(&node, &headers)?;
+            refuse_if_past_deadline(&node, headers)?;
             let command = Command::Set {
                 key: key_bytes,
                 kind: entry.kind,
@@ -141,15 +140,8 @@ pub async fn set_value(
             {
                 Route::Here(_) => {}
                 Route::Forward(member) => {
-                    return forward(
-                        &node,
-                        &member.api_addr,
-                        method,
-                        &uri,
-                        &headers,
-                        original_body,
-                    )
-                    .await;
+                    return forward(&node, &member.api_addr, method, uri, headers, original_body)
+                        .await;
                 }
                 Route::Unavailable(why) => return Err(unavailable(why)),
                 Route::OutcomeUnknown(why) => return Err(ApiError::OutcomeUnknown(why)),
@@ -166,14 +158,14 @@ pub async fn set_value(
 
 pub async fn delete_value(
     State(node): State<Arc<Node>>,
-    uri: Uri,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let key = cache_key(&uri, &node.limits)?;
+    let (uri, headers) = (request.uri(), request.headers());
+    let key = cache_key(uri, &node.limits)?;
     let deleted = match &node.cluster {
         None => node.store.delete(&key),
         Some(cluster) => {
-            refuse_if_past_deadline(&node, &headers)?;
+            refuse_if_past_deadline(&node, headers)?;
             let command = Command::Delete {
                 key: Bytes::copy_from_slice(&key),
             };
@@ -187,8 +179,8 @@ pub async fn delete_value(
                         &node,
                         &member.api_addr,
                         Method::DELETE,
-                        &uri,
-                        &headers,
+                        uri,
+                        headers,
                         Bytes::new(),
                     )
                     .await;
@@ -260,24 +252,26 @@ fn body_kind(headers: &HeaderMap) -> Result<ValueKind, ApiError> {
 }
 
 /// Reads the whole body, refusing with 413 as soon as it is known to be over `limit`.
-async fn read_body(request: Request, limit: usize, max_value: usize) -> Result<Bytes, ApiError> {
-    let declared = request
-        .headers()
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    max_value: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if let Some(length) = declared.filter(|&length| length > limit) {
         return Err(value_too_large(length, max_value));
     }
-    axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|e| {
-            if is_length_limit(&e) {
-                value_too_large(limit + 1, max_value)
-            } else {
-                ApiError::BadRequest(format!("could not read the request body: {e}"))
-            }
-        })
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if is_length_limit(&e) {
+            value_too_large(limit + 1, max_value)
+        } else {
+            ApiError::BadRequest(format!("could not read the request body: {e}"))
+        }
+    })
 }
 
 fn is_length_limit(error: &axum::Error) -> bool {
