@@ -8,12 +8,10 @@ use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::raft::ClientWriteResult;
 use openraft_multi::GroupNetworkFactory;
 use tracing::info;
 
 use super::cluster_state::{ClusterView, SharedClusterView};
-use super::handoff::{self, Answer, Mailbox};
 use super::log_store::LogStore;
 use super::membership::{VoterReport, can_take_over};
 use super::state_machine::{GroupStateMachine, Target};
@@ -68,17 +66,6 @@ pub struct Groups {
     /// What this node's balancer learned of every group's voters in its last round as
     /// the cluster group's leader.
     voter_report: RwLock<Option<VoterReport>>,
-    /// Where writes from other runtimes (the client workers) are proposed: the runtime
-    /// the groups run on, and its mailbox of proposals (see [`handoff`]). `None` when
-    /// made outside a runtime: every write is then proposed directly.
-    proposer: Option<(tokio::runtime::Id, Arc<Mailbox<Proposal>>)>,
-}
-
-/// A client write on its way to the runtime its group runs on.
-struct Proposal {
-    raft: GroupRaft,
-    command: Command,
-    answer: Answer<ClientWriteResult<TypeConfig>>,
 }
 
 impl Groups {
@@ -106,18 +93,6 @@ impl Groups {
             stepping_down: AtomicBool::new(false),
             disk: None,
             voter_report: RwLock::default(),
-            proposer: tokio::runtime::Handle::try_current().ok().map(|runtime| {
-                let mailbox = Mailbox::start(&runtime, |proposals: Vec<Proposal>| async move {
-                    for proposal in proposals {
-                        // A stopped group drops the answer unsent: its waiter learns so.
-                        let _ = proposal
-                            .raft
-                            .client_write_ff(proposal.command, Some(proposal.answer))
-                            .await;
-                    }
-                });
-                (runtime.id(), mailbox)
-            }),
         }
     }
 
@@ -228,41 +203,12 @@ impl Groups {
         command: Command,
     ) -> Result<CommandResult, WriteRefused> {
         let raft = self.get(group).ok_or(WriteRefused::NotHosted)?;
-        let not_committed_in_time = || {
-            WriteRefused::OutcomeUnknown(format!(
+        match tokio::time::timeout(QUORUM_WAIT, raft.client_write(command)).await {
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(error)) => Err(refusal(error)),
+            Err(_) => Err(WriteRefused::OutcomeUnknown(format!(
                 "proposed, but not committed within {QUORUM_WAIT:?}"
-            ))
-        };
-        let from_elsewhere = self.proposer.as_ref().filter(|(runtime, _)| {
-            tokio::runtime::Handle::try_current()
-                .ok()
-                .map(|current| current.id())
-                != Some(*runtime)
-        });
-        let Some((_, proposer)) = from_elsewhere else {
-            return match tokio::time::timeout(QUORUM_WAIT, raft.client_write(command)).await {
-                Ok(Ok(response)) => Ok(response.data),
-                Ok(Err(error)) => Err(refusal(error)),
-                Err(_) => Err(not_committed_in_time()),
-            };
-        };
-        let (reply, answered) = tokio::sync::oneshot::channel();
-        let proposal = Proposal {
-            raft,
-            command,
-            answer: Answer::new(reply, handoff::local_inbox()),
-        };
-        if proposer.post(proposal).is_err() {
-            return Err(WriteRefused::Unavailable("the node is stopping".into()));
-        }
-        match tokio::time::timeout(QUORUM_WAIT, answered).await {
-            Ok(Ok(Ok(response))) => Ok(response.data),
-            Ok(Ok(Err(error))) => Err(refusal(RaftError::APIError(error))),
-            // The group stopped: the entry may have been appended before it did.
-            Ok(Err(_)) => Err(WriteRefused::OutcomeUnknown(
-                "the partition's group stopped before answering".into(),
-            )),
-            Err(_) => Err(not_committed_in_time()),
+            ))),
         }
     }
 

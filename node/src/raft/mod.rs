@@ -11,7 +11,6 @@
 pub mod cluster_state;
 pub mod counters;
 pub mod groups;
-pub mod handoff;
 pub mod log_store;
 pub mod membership;
 pub mod rpc;
@@ -109,34 +108,13 @@ pub enum CommandResult {
     Updated(UpdateOutcome),
 }
 
-/// openraft's types for every group: `declare_raft_types!`'s defaults, except for the
-/// commands and the responder, which `declare_raft_types!` cannot set: client writes
-/// are answered through [`handoff`].
-#[derive(Debug, Clone, Copy, Default, Eq, PartialEq, Ord, PartialOrd)]
-pub struct TypeConfig {}
-
-impl openraft::RaftTypeConfig for TypeConfig {
-    type D = Command;
-    type R = CommandResult;
-    type NodeId = NodeId;
-    type Node = MemberNode;
-    type Term = u64;
-    type LeaderId = openraft::impls::leader_id_adv::LeaderId<Self::Term, Self::NodeId>;
-    type Vote = openraft::impls::Vote<Self::LeaderId>;
-    type Payload = openraft::EntryPayload<Self::D, Self::NodeId, Self::Node>;
-    type Entry =
-        openraft::Entry<<Self::LeaderId as openraft::vote::RaftLeaderId>::Committed, Self::Payload>;
-    type Responder<T>
-        = handoff::Answer<T>
-    where
-        T: openraft::OptionalSend + 'static;
-    type Batch<T>
-        = openraft::impls::InlineBatch<T>
-    where
-        T: openraft::OptionalSend + 'static;
-    type AsyncRuntime = openraft::impls::TokioRuntime;
-    type ErrorSource = openraft::impls::BoxedErrorSource;
-}
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = MemberNode,
+);
 
 /// A partition's or the cluster's Raft handle.
 pub type GroupRaft = openraft::Raft<TypeConfig, state_machine::GroupStateMachine>;
