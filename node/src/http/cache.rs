@@ -83,8 +83,8 @@ pub async fn set_value(
     State(node): State<Arc<Node>>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (request, body) = request.into_parts();
-    let (uri, headers, method) = (&request.uri, &request.headers, request.method.clone());
+    let (parts, body) = request.into_parts();
+    let (uri, headers, method) = (&parts.uri, &parts.headers, parts.method.clone());
     let key = cache_key(uri, &node.limits)?;
     let query = parse_query(Query::try_from_uri(uri))?;
     let kind = body_kind(headers)?;

@@ -117,7 +117,8 @@ pub struct Streams<D> {
     /// Where a stream's reader and writer run: the runtime the streams were made on (the
     /// node's Raft runtime), not that of the first caller. A stream opened by a client
     /// worker would otherwise hand every message and answer across threads, each
-    /// handover an eventfd write to wake the other runtime.
+    /// handover an eventfd write to wake the other runtime. `None` when made outside
+    /// any runtime: each stream then runs on its opener's.
     runtime: Option<tokio::runtime::Handle>,
 }
 
@@ -196,7 +197,11 @@ impl<D: Dialer> Streams<D> {
                 .await
                 .map_err(|_| StreamError::Connect(format!("connecting to {addr} timed out")))?
                 .map_err(StreamError::Connect)?;
-            *slot = Some(open(stream, self.runtime.as_ref()));
+            let runtime = self
+                .runtime
+                .clone()
+                .unwrap_or_else(tokio::runtime::Handle::current);
+            *slot = Some(open(stream, &runtime));
         }
         let connection = slot.as_ref().expect("opened above");
         connection
@@ -211,19 +216,19 @@ impl<D: Dialer> Streams<D> {
     }
 }
 
-/// Starts the writer and reader of a client stream, on `runtime` if given.
-fn open(stream: BoxedStream, runtime: Option<&tokio::runtime::Handle>) -> Connection {
+/// Starts the writer and reader of a client stream on `runtime`.
+fn open(stream: BoxedStream, runtime: &tokio::runtime::Handle) -> Connection {
     let (reader, writer) = tokio::io::split(stream);
     let (queue, outgoing) = mpsc::unbounded_channel();
     let waiting: Waiting = Arc::default();
     let broken: Arc<std::sync::atomic::AtomicBool> = Arc::default();
     let writer_broken = broken.clone();
-    spawn_on(runtime, async move {
+    runtime.spawn(async move {
         write_batches(writer, outgoing).await;
         writer_broken.store(true, Ordering::Relaxed);
     });
     let (answers, reader_broken) = (waiting.clone(), broken.clone());
-    spawn_on(runtime, async move {
+    runtime.spawn(async move {
         let _ = read_responses(reader, &answers).await;
         reader_broken.store(true, Ordering::Relaxed);
         // Dropping the senders tells every waiting caller that the stream broke.
@@ -233,16 +238,6 @@ fn open(stream: BoxedStream, runtime: Option<&tokio::runtime::Handle>) -> Connec
         queue,
         waiting,
         broken,
-    }
-}
-
-fn spawn_on(
-    runtime: Option<&tokio::runtime::Handle>,
-    task: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    match runtime {
-        Some(runtime) => drop(runtime.spawn(task)),
-        None => drop(tokio::spawn(task)),
     }
 }
 
