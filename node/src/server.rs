@@ -27,7 +27,8 @@ use tracing::{debug, error, info, warn};
 use crate::auth::{Authenticator, ClusterSecret};
 use crate::cluster::{Cluster, RingSettings};
 use crate::config::NodeConfig;
-use crate::http::{Limits, Node, Protection, TokenBucket, router};
+use crate::http::door::{self, DoorLimits, Ended, Rewind};
+use crate::http::{Limits, Node, Protection, TokenBucket, max_request_body, router};
 use crate::metrics::{Rejection, Rejections};
 use crate::persist::wal::{self, WalOptions};
 use crate::persist::{DataDir, Disk};
@@ -479,6 +480,10 @@ fn spawn_client_workers(
         workers
     };
     let mut inboxes = Vec::with_capacity(workers);
+    let lean_path = DoorLimits {
+        header_read_timeout: accepting.listening.header_read_timeout,
+        max_body: max_request_body(&node.limits),
+    };
     for worker in 0..workers {
         let (inbox, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Admitted>();
         inboxes.push(inbox);
@@ -494,7 +499,13 @@ fn spawn_client_workers(
                         match tokio::net::TcpStream::from_std(stream) {
                             Ok(stream) => match door {
                                 FrontDoor::Http => {
-                                    serve_connection(stream, &app, &accepting, Some(admission));
+                                    serve_connection(
+                                        stream,
+                                        &app,
+                                        &accepting,
+                                        Some(admission),
+                                        Some(lean_path),
+                                    );
                                 }
                                 FrontDoor::Resp => {
                                     serve_resp_connection(stream, &node, &accepting, admission);
@@ -601,7 +612,7 @@ async fn accept_raft(listener: TcpListener, app: Router, accepting: Accepting) {
             () = accepting.stop.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
-        serve_connection(stream, &app, &accepting, None);
+        serve_connection(stream, &app, &accepting, None, None);
     }
 }
 
@@ -612,8 +623,9 @@ fn serve_connection(
     app: &Router,
     accepting: &Accepting,
     admission: Option<Admission>,
+    lean_path: Option<DoorLimits>,
 ) {
-    let service = TowerToHyperService::new(app.clone());
+    let app = app.clone();
     let Accepting {
         listening,
         rejections,
@@ -625,10 +637,25 @@ fn serve_connection(
         let Some(stream) = handshake(stream, &listening, &rejections).await else {
             return;
         };
+        let stream = match lean_path {
+            None => Rewind::new(stream),
+            Some(limits) => match door::serve(stream, &app, &stop, limits).await {
+                Ok(Ended::Handover(stream)) => stream,
+                Ok(Ended::Closed) => return,
+                Ok(Ended::HeaderTimeout) => {
+                    rejections.count(Rejection::HeaderTimeout);
+                    return;
+                }
+                Err(e) => {
+                    debug!(error = %e, "connection ended with an error");
+                    return;
+                }
+            },
+        };
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(listening.header_read_timeout)
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
             .with_upgrades();
         let mut connection = std::pin::pin!(connection);
         let result = tokio::select! {

@@ -28,6 +28,11 @@ pub const TTL_HEADER: &str = "x-dcache-ttl";
 /// around a value of the maximum size.
 const JSON_ENVELOPE_SLACK: usize = 64 * 1024;
 
+/// The largest request body a node reads: a JSON envelope around the largest value.
+pub fn max_request_body(limits: &Limits) -> usize {
+    limits.max_value_bytes + JSON_ENVELOPE_SLACK
+}
+
 // The handlers take the request whole and borrow its URI and headers: extracting them
 // would clone the header map (two allocations a request) for the rare forward.
 pub async fn get_value(
@@ -90,7 +95,7 @@ pub async fn set_value(
     let kind = body_kind(headers)?;
     let max_value = node.limits.max_value_bytes;
     let body_limit = match kind {
-        ValueKind::Json => max_value + JSON_ENVELOPE_SLACK,
+        ValueKind::Json => max_request_body(&node.limits),
         ValueKind::Bytes => max_value,
     };
     let body = read_body(headers, body, body_limit, max_value).await?;

@@ -5,6 +5,7 @@
 
 mod admin;
 mod cache;
+pub mod door;
 mod error;
 mod forward;
 mod guard;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::{any, get};
 
+pub use cache::max_request_body;
 pub use error::ApiError;
 pub use guard::{Access, Protection, TokenBucket, access};
 
