@@ -11,7 +11,7 @@ seconds="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(http_request raft_rpc snapshot resp_request resp_connection)
+    targets=(http_request raft_rpc snapshot resp_request resp_connection http_connection)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

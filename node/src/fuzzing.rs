@@ -537,6 +537,156 @@ pub fn resp_connection(data: &[u8]) {
     }
 }
 
+/// Bytes sent on one HTTP connection, whole, then the client's end closed, served on
+/// two fresh standalone nodes: as a node serves its clients (the lean path of
+/// [`crate::http::door`] first, hyper from the first request it hands over) and by
+/// hyper alone. The first byte picks the lean path's body limit (odd: 16 bytes, so
+/// that more bodies go to hyper), the second is unused, the rest is the traffic.
+///
+/// Invariants: no panic and no hang; both answer the same statuses in the same order
+/// (whole responses, framed by their length) and leave their stores alike.
+pub fn http_connection(data: &[u8]) {
+    let [mode, _, traffic @ ..] = data else {
+        return;
+    };
+    let lean_path = crate::http::door::DoorLimits {
+        header_read_timeout: std::time::Duration::from_secs(5),
+        max_body: if mode % 2 == 1 {
+            16
+        } else {
+            crate::http::max_request_body(&LIMITS)
+        },
+    };
+    let answer = |lean_path| {
+        let node = Arc::new(standalone_node());
+        let output = runtime().block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut client, server) = tokio::io::duplex(1 << 20);
+            let serving = tokio::spawn({
+                let app = router(node.clone());
+                async move {
+                    let stop = tokio_util::sync::CancellationToken::new();
+                    let timeout = std::time::Duration::from_secs(5);
+                    crate::server::serve_http(server, app, &stop, timeout, lean_path).await
+                }
+            });
+            client
+                .write_all(traffic)
+                .await
+                .expect("the duplex takes the input");
+            client.shutdown().await.expect("the client end closes");
+            let mut output = Vec::new();
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                client.read_to_end(&mut output),
+            )
+            .await
+            .expect("the node answers and closes within 10 s")
+            .expect("the duplex reads");
+            serving.await.expect("the connection task does not panic");
+            output
+        });
+        (
+            http_statuses(&output, &head_requests(traffic)),
+            store_fingerprint(&node.store),
+        )
+    };
+    let (lean, lean_store) = answer(Some(lean_path));
+    let (hyper, hyper_store) = answer(None);
+    assert_eq!(lean, hyper, "the lean path and hyper answered differently");
+    assert_eq!(lean_store, hyper_store, "the stores differ");
+}
+
+/// Which of the requests in `traffic` are HEAD requests (whose answers carry no body),
+/// in order, as far as the requests can be framed.
+fn head_requests(mut traffic: &[u8]) -> Vec<bool> {
+    let mut heads = Vec::new();
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut request = httparse::Request::new(&mut headers);
+        let Ok(httparse::Status::Complete(head)) = request.parse(traffic) else {
+            return heads;
+        };
+        heads.push(request.method == Some("HEAD"));
+        let header = |name: &str| {
+            request
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        };
+        traffic = &traffic[head..];
+        if header("transfer-encoding").is_some() {
+            match chunked_body_len(traffic) {
+                Some(length) => traffic = &traffic[length..],
+                None => return heads,
+            }
+        } else if let Some(length) = header("content-length") {
+            match length.parse::<usize>() {
+                Ok(length) if length <= traffic.len() => traffic = &traffic[length..],
+                _ => return heads,
+            }
+        }
+    }
+}
+
+/// The length of the chunked body at the start of `input` (trailers are not expected).
+fn chunked_body_len(input: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let line_end = at + input.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+        let size = std::str::from_utf8(&input[at..line_end]).ok()?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        at = line_end + 2 + size + 2;
+        if at > input.len() {
+            return None;
+        }
+        if size == 0 {
+            return Some(at);
+        }
+    }
+}
+
+/// The statuses of the HTTP/1.1 responses in `output`, each framed by its
+/// Content-Length or its chunks (none for the answer to a HEAD request, as `heads`
+/// says); panics on a response cut short or malformed.
+fn http_statuses(mut output: &[u8], heads: &[bool]) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    while !output.is_empty() {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut response = httparse::Response::new(&mut headers);
+        let head = match response.parse(output) {
+            Ok(httparse::Status::Complete(head)) => head,
+            other => panic!(
+                "not a whole response ({other:?}): {:?}",
+                String::from_utf8_lossy(output)
+            ),
+        };
+        let status = response.code.expect("a parsed response has a status");
+        let header = |name: &str| {
+            response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        };
+        let mut rest = &output[head..];
+        if heads.get(statuses.len()).copied().unwrap_or(false) {
+            // A HEAD answer: its length is the GET's, its body is not sent.
+        } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            let length = chunked_body_len(rest).expect("a whole chunked body");
+            rest = &rest[length..];
+        } else if let Some(length) = header("content-length") {
+            let length: usize = length.parse().expect("a numeric content-length");
+            assert!(rest.len() >= length, "a response body cut short");
+            rest = &rest[length..];
+        }
+        statuses.push(status);
+        output = rest;
+    }
+    statuses
+}
+
 /// Feeds `pieces` to the parser one read at a time, taking requests off after each.
 fn read_requests(pieces: &[&[u8]], limits: &RequestLimits) -> RespOutcome {
     let mut buf = BytesMut::new();
@@ -673,6 +823,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("snapshot", snapshot),
     ("resp_request", resp_request),
     ("resp_connection", resp_connection),
+    ("http_connection", http_connection),
 ];
 
 /// Well-formed inputs to start each target from: what real peers and clients send.
@@ -684,6 +835,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "snapshot" => snapshot_seeds(),
         "resp_request" => resp_seeds(),
         "resp_connection" => resp_connection_seeds(),
+        "http_connection" => http_connection_seeds(),
         other => panic!("no fuzz target {other:?}"),
     }
 }
@@ -832,6 +984,34 @@ fn snapshot_seeds() -> Vec<Vec<u8>> {
 /// Whole conversations: pipelines of inline and multibulk commands, a QUIT with more
 /// after it, commands Redis refuses, and traffic that breaks the protocol first or
 /// midway.
+fn http_connection_seeds() -> Vec<Vec<u8>> {
+    let seed = |mode: u8, traffic: &[u8]| [&[mode, 0][..], traffic].concat();
+    let pipelined: &[u8] =
+        b"PUT /cache/k HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+        content-length: 12\r\n\r\n{\"value\": 1}\
+        GET /cache/k HTTP/1.1\r\nhost: x\r\n\r\n\
+        DELETE /cache/k HTTP/1.1\r\nhost: x\r\n\r\n\
+        GET /cache/k?consistency=local HTTP/1.1\r\nhost: x\r\n\r\n";
+    vec![
+        seed(0, pipelined),
+        seed(1, pipelined),
+        seed(
+            0,
+            b"POST /cache/raw?ttl=10 HTTP/1.1\r\ncontent-type: application/octet-stream\r\n\
+              content-length: 5\r\n\r\nbytesGET /cache/raw HTTP/1.1\r\n\r\n",
+        ),
+        seed(0, b"GET /health HTTP/1.1\r\n\r\nHEAD /cache/present HTTP/1.1\r\n\r\nGET /cache/present HTTP/1.1\r\n\r\n"),
+        seed(0, b"GET /cache/present HTTP/1.0\r\n\r\nGET /stats HTTP/1.1\r\nconnection: close\r\n\r\n"),
+        seed(
+            0,
+            b"PUT /cache/k HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-type: text/plain\r\n\r\n\
+              5\r\nhello\r\n0\r\n\r\nGET /cache/k HTTP/1.1\r\n\r\n",
+        ),
+        seed(0, b"PUT /cache/k HTTP/1.1\r\ncontent-length: 9999\r\n\r\n{\"value\""),
+        seed(0, b"GET /cache/present HTTP/1.1\r\nhost: x\r\n\r\nGET /nowhere HTTP/1.1\r\n\r\nPATCH /cache/k HTTP/1.1\r\n\r\n"),
+    ]
+}
+
 fn resp_connection_seeds() -> Vec<Vec<u8>> {
     let seed = |resp3: u8, input: &[u8]| [&[resp3, 0][..], input].concat();
     vec![

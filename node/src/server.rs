@@ -637,41 +637,63 @@ fn serve_connection(
         let Some(stream) = handshake(stream, &listening, &rejections).await else {
             return;
         };
-        let stream = match lean_path {
-            None => Rewind::new(stream),
-            Some(limits) => match door::serve(stream, &app, &stop, limits).await {
-                Ok(Ended::Handover(stream)) => stream,
-                Ok(Ended::Closed) => return,
-                Ok(Ended::HeaderTimeout) => {
-                    rejections.count(Rejection::HeaderTimeout);
-                    return;
-                }
-                Err(e) => {
-                    debug!(error = %e, "connection ended with an error");
-                    return;
-                }
-            },
-        };
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(listening.header_read_timeout)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
-            .with_upgrades();
-        let mut connection = std::pin::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            () = stop.cancelled() => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        };
-        if let Err(e) = result {
-            if e.is_timeout() {
-                rejections.count(Rejection::HeaderTimeout);
-            }
-            debug!(error = %e, "connection ended with an error");
+        if let Some(rejection) =
+            serve_http(stream, app, &stop, listening.header_read_timeout, lean_path).await
+        {
+            rejections.count(rejection);
         }
     }));
+}
+
+/// Serves HTTP/1.1 on `stream` to its end: on the lean path ([`door`]) when given its
+/// limits, by hyper from the first request the lean path does not take (or from the
+/// start). `stop` ends the connection between requests. Answers the rejection to
+/// count, if the connection ended with one.
+pub async fn serve_http<S>(
+    stream: S,
+    app: Router,
+    stop: &CancellationToken,
+    header_read_timeout: Duration,
+    lean_path: Option<DoorLimits>,
+) -> Option<Rejection>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let stream = match lean_path {
+        None => Rewind::new(stream),
+        Some(limits) => match door::serve(stream, &app, stop, limits).await {
+            Ok(Ended::Handover(stream)) => stream,
+            Ok(Ended::Closed) => return None,
+            Ok(Ended::HeaderTimeout) => return Some(Rejection::HeaderTimeout),
+            Err(e) => {
+                debug!(error = %e, "connection ended with an error");
+                return None;
+            }
+        },
+    };
+    // Half-closed: a client that shuts its sending side after its requests still gets
+    // every answer, as on the lean path.
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .half_close(true)
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    match result {
+        Ok(()) => None,
+        Err(e) => {
+            debug!(error = %e, "connection ended with an error");
+            e.is_timeout().then_some(Rejection::HeaderTimeout)
+        }
+    }
 }
 
 /// The TLS handshake when TLS is on, bounded by the header timeout; `None` when it
