@@ -473,30 +473,16 @@ pub fn resp_connection(data: &[u8]) {
         }
     };
 
-    let output = runtime().block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut client, server) = tokio::io::duplex(1 << 20);
-        let serving = tokio::spawn(crate::resp::serve(
-            server,
-            node.clone(),
-            tokio_util::sync::CancellationToken::new(),
-            std::time::Duration::from_secs(5),
-        ));
-        client
-            .write_all(&traffic)
-            .await
-            .expect("the duplex takes the input");
-        client.shutdown().await.expect("the client end closes");
-        let mut output = Vec::new();
-        tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            client.read_to_end(&mut output),
-        )
-        .await
-        .expect("the node answers and closes within 10 s")
-        .expect("the duplex reads");
-        let _ = serving.await.expect("the connection task does not panic");
-        output
+    let output = converse(&traffic, {
+        let node = node.clone();
+        move |server| {
+            crate::resp::serve(
+                server,
+                node,
+                tokio_util::sync::CancellationToken::new(),
+                std::time::Duration::from_secs(5),
+            )
+        }
     });
 
     let mut frames = Vec::new();
@@ -559,32 +545,11 @@ pub fn http_connection(data: &[u8]) {
     };
     let answer = |lean_path| {
         let node = Arc::new(standalone_node());
-        let output = runtime().block_on(async {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let (mut client, server) = tokio::io::duplex(1 << 20);
-            let serving = tokio::spawn({
-                let app = router(node.clone());
-                async move {
-                    let stop = tokio_util::sync::CancellationToken::new();
-                    let timeout = std::time::Duration::from_secs(5);
-                    crate::server::serve_http(server, app, &stop, timeout, lean_path).await
-                }
-            });
-            client
-                .write_all(traffic)
-                .await
-                .expect("the duplex takes the input");
-            client.shutdown().await.expect("the client end closes");
-            let mut output = Vec::new();
-            tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                client.read_to_end(&mut output),
-            )
-            .await
-            .expect("the node answers and closes within 10 s")
-            .expect("the duplex reads");
-            serving.await.expect("the connection task does not panic");
-            output
+        let app = router(node.clone());
+        let output = converse(traffic, move |server| async move {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let timeout = std::time::Duration::from_secs(5);
+            crate::server::serve_http(server, app, &stop, timeout, lean_path).await
         });
         (
             http_statuses(&output, &head_requests(traffic)),
@@ -595,6 +560,36 @@ pub fn http_connection(data: &[u8]) {
     let (hyper, hyper_store) = answer(None);
     assert_eq!(lean, hyper, "the lean path and hyper answered differently");
     assert_eq!(lean_store, hyper_store, "the stores differ");
+}
+
+/// Sends `traffic` on a fresh in-memory connection served by `serve`, closes the
+/// client's sending side and answers all the server wrote before it closed.
+fn converse<F, Serving>(traffic: &[u8], serve: F) -> Vec<u8>
+where
+    F: FnOnce(tokio::io::DuplexStream) -> Serving,
+    Serving: std::future::Future + Send + 'static,
+    Serving::Output: Send + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    runtime().block_on(async {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let serving = tokio::spawn(serve(server));
+        client
+            .write_all(traffic)
+            .await
+            .expect("the duplex takes the input");
+        client.shutdown().await.expect("the client end closes");
+        let mut output = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            client.read_to_end(&mut output),
+        )
+        .await
+        .expect("the node answers and closes within 10 s")
+        .expect("the duplex reads");
+        serving.await.expect("the connection task does not panic");
+        output
+    })
 }
 
 /// Which of the requests in `traffic` are HEAD requests (whose answers carry no body),
@@ -608,13 +603,7 @@ fn head_requests(mut traffic: &[u8]) -> Vec<bool> {
             return heads;
         };
         heads.push(request.method == Some("HEAD"));
-        let header = |name: &str| {
-            request
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| String::from_utf8_lossy(h.value).into_owned())
-        };
+        let header = |name: &str| header_value(request.headers, name);
         traffic = &traffic[head..];
         if header("transfer-encoding").is_some() {
             match chunked_body_len(traffic) {
@@ -628,6 +617,14 @@ fn head_requests(mut traffic: &[u8]) -> Vec<bool> {
             }
         }
     }
+}
+
+/// The value of the first header called `name`, if any.
+fn header_value(headers: &[httparse::Header<'_>], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| String::from_utf8_lossy(h.value).into_owned())
 }
 
 /// The length of the chunked body at the start of `input` (trailers are not expected).
@@ -663,13 +660,7 @@ fn http_statuses(mut output: &[u8], heads: &[bool]) -> Vec<u16> {
             ),
         };
         let status = response.code.expect("a parsed response has a status");
-        let header = |name: &str| {
-            response
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| String::from_utf8_lossy(h.value).into_owned())
-        };
+        let header = |name: &str| header_value(response.headers, name);
         let mut rest = &output[head..];
         if heads.get(statuses.len()).copied().unwrap_or(false) {
             // A HEAD answer: its length is the GET's, its body is not sent.

@@ -478,29 +478,14 @@ mod tests {
     use tokio::io::DuplexStream;
 
     use super::*;
-    use crate::clock::Clock;
-    use crate::http::{Limits, Node, router};
-    use crate::store::{EvictionPolicy, Store, StoreConfig};
+    use crate::http::{Node, router};
 
     const LIMITS: DoorLimits = DoorLimits {
         header_read_timeout: Duration::from_secs(5),
         max_body: 1024,
     };
 
-    fn node() -> Arc<Node> {
-        let store = Store::new(
-            StoreConfig {
-                max_memory: 1 << 20,
-                eviction_policy: EvictionPolicy::Tinylfu,
-            },
-            Clock::new(),
-        );
-        let limits = Limits {
-            max_key_bytes: 64,
-            max_value_bytes: 256,
-        };
-        Arc::new(Node::new("test".into(), store, limits, None, 8))
-    }
+    use crate::http::small_test_node as node;
 
     /// Serves one end of a fresh connection on the lean path.
     fn open(

@@ -152,5 +152,23 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
+/// A standalone node with small limits (keys up to 64 bytes, values up to 256) and a
+/// 1 MiB store, for the tests of what serves connections.
+#[cfg(test)]
+pub(crate) fn small_test_node() -> Arc<Node> {
+    let store = Store::new(
+        crate::store::StoreConfig {
+            max_memory: 1 << 20,
+            eviction_policy: crate::store::EvictionPolicy::Tinylfu,
+        },
+        crate::clock::Clock::new(),
+    );
+    let limits = Limits {
+        max_key_bytes: 64,
+        max_value_bytes: 256,
+    };
+    Arc::new(Node::new("test".into(), store, limits, None, 8))
+}
+
 #[cfg(test)]
 mod tests;

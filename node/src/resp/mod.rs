@@ -132,24 +132,8 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::Clock;
-    use crate::http::Limits;
-    use crate::store::{EvictionPolicy, Store, StoreConfig};
 
-    fn standalone() -> Arc<Node> {
-        let store = Store::new(
-            StoreConfig {
-                max_memory: 1 << 20,
-                eviction_policy: EvictionPolicy::Tinylfu,
-            },
-            Clock::new(),
-        );
-        let limits = Limits {
-            max_key_bytes: 64,
-            max_value_bytes: 256,
-        };
-        Arc::new(Node::new("test".into(), store, limits, None, 8))
-    }
+    use crate::http::small_test_node as standalone;
 
     /// Sends `input` on a fresh connection, closes the sending side and returns all
     /// the node wrote back before it closed.
