@@ -33,8 +33,10 @@ use tower::ServiceExt;
 
 /// Headers a request may carry and still be served here; more go to hyper.
 const MAX_HEADERS: usize = 32;
-/// A head still incomplete past this many bytes is hyper's to refuse.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A head longer than this (or still incomplete past it) is hyper's to take, and to
+/// refuse past its own limit: a head is re-parsed on every read until it is whole, so
+/// this bounds what a client trickling one byte at a time makes the lean path parse.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// Answers held back past this many bytes are written before the next request runs.
 const OUTPUT_HIGH_WATER: usize = 64 * 1024;
@@ -179,7 +181,7 @@ fn frame(input: &[u8], max_body: usize) -> Framing {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let head_len = match request.parse(input) {
-        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => len,
         Ok(httparse::Status::Partial) if input.len() <= MAX_HEAD_BYTES => {
             return Framing::Partial;
         }
@@ -632,7 +634,12 @@ mod tests {
     #[tokio::test]
     async fn what_the_lean_path_does_not_serve_is_replayed_to_hyper_whole() {
         let get = b"GET /cache/k HTTP/1.1\r\nhost: x\r\n\r\n".as_slice();
-        let not_served: [&[u8]; 7] = [
+        let huge_head = format!(
+            "GET /cache/k HTTP/1.1\r\nx-large: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
+        let not_served: [&[u8]; 8] = [
+            huge_head.as_bytes(),
             b"HEAD /cache/k HTTP/1.1\r\nhost: x\r\n\r\n",
             b"GET /cache/k HTTP/1.0\r\n\r\n",
             b"PUT /cache/k HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
