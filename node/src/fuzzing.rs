@@ -536,7 +536,6 @@ pub fn http_connection(data: &[u8]) {
         return;
     };
     let lean_path = crate::http::door::DoorLimits {
-        header_read_timeout: std::time::Duration::from_secs(5),
         max_body: if mode % 2 == 1 {
             16
         } else {
@@ -972,9 +971,9 @@ fn snapshot_seeds() -> Vec<Vec<u8>> {
     ]
 }
 
-/// Whole conversations: pipelines of inline and multibulk commands, a QUIT with more
-/// after it, commands Redis refuses, and traffic that breaks the protocol first or
-/// midway.
+/// Whole conversations: pipelined cache requests, requests the lean path hands to
+/// hyper (HEAD, HTTP/1.0, chunked, a body over the limit, an unknown method) before,
+/// between and after those it serves, and a body cut short.
 fn http_connection_seeds() -> Vec<Vec<u8>> {
     let seed = |mode: u8, traffic: &[u8]| [&[mode, 0][..], traffic].concat();
     let pipelined: &[u8] =
@@ -1003,6 +1002,9 @@ fn http_connection_seeds() -> Vec<Vec<u8>> {
     ]
 }
 
+/// Whole conversations: pipelines of inline and multibulk commands, a QUIT with more
+/// after it, commands Redis refuses, and traffic that breaks the protocol first or
+/// midway.
 fn resp_connection_seeds() -> Vec<Vec<u8>> {
     let seed = |resp3: u8, input: &[u8]| [&[resp3, 0][..], input].concat();
     vec![

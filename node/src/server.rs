@@ -481,7 +481,6 @@ fn spawn_client_workers(
     };
     let mut inboxes = Vec::with_capacity(workers);
     let lean_path = DoorLimits {
-        header_read_timeout: accepting.listening.header_read_timeout,
         max_body: max_request_body(&node.limits),
     };
     for worker in 0..workers {
@@ -661,7 +660,7 @@ where
 {
     let stream = match lean_path {
         None => Rewind::new(stream),
-        Some(limits) => match door::serve(stream, &app, stop, limits).await {
+        Some(limits) => match door::serve(stream, &app, stop, header_read_timeout, limits).await {
             Ok(Ended::Handover(stream)) => stream,
             Ok(Ended::Closed) => return None,
             Ok(Ended::HeaderTimeout) => return Some(Rejection::HeaderTimeout),

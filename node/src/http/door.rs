@@ -19,6 +19,7 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,9 +45,6 @@ const OUTPUT_HIGH_WATER: usize = 64 * 1024;
 /// What the lean path accepts.
 #[derive(Debug, Clone, Copy)]
 pub struct DoorLimits {
-    /// How long a client may take to send a request's head, idle time before it
-    /// included (as hyper's `header_read_timeout`).
-    pub header_read_timeout: Duration,
     /// The largest body served here; a larger one goes to hyper (and is refused there
     /// by the same handlers).
     pub max_body: usize,
@@ -63,11 +61,14 @@ pub enum Ended<S> {
     Handover(Rewind<S>),
 }
 
-/// Serves `stream` until it ends or a request needs hyper.
+/// Serves `stream` until it ends or a request needs hyper. A client has
+/// `header_read_timeout` to send each request's head, idle time before it included (as
+/// hyper's `header_read_timeout`).
 pub async fn serve<S>(
     mut stream: S,
     app: &Router,
     stop: &CancellationToken,
+    header_read_timeout: Duration,
     limits: DoorLimits,
 ) -> io::Result<Ended<S>>
 where
@@ -76,30 +77,22 @@ where
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::with_capacity(READ_CHUNK);
     let mut waiting_since = Instant::now();
+    // Filled in by every request framed: a connection keeps one, as it keeps its buffers.
+    let mut head = Head::default();
     loop {
         loop {
-            let head = match frame(&input, limits.max_body) {
-                Framing::Complete(head) => head,
+            match frame(&input, limits.max_body, &mut head) {
+                Framing::Complete => {}
                 Framing::Partial => break,
-                Framing::NotServed => {
-                    send(&mut stream, &output).await?;
-                    return Ok(Ended::Handover(Rewind {
-                        prefix: input.freeze(),
-                        inner: stream,
-                    }));
-                }
+                Framing::NotServed => return hand_over(stream, &output, input.freeze()).await,
             };
             let available = input.len().min(head.head_len + head.body_len);
             let received = input.split_to(available).freeze();
             let Some(request) = build_request(&received, &head) else {
                 // A target or header hyper would refuse: it is hyper's to answer.
-                send(&mut stream, &output).await?;
                 let mut prefix = BytesMut::from(&received[..]);
                 prefix.extend_from_slice(&input);
-                return Ok(Ended::Handover(Rewind {
-                    prefix: prefix.freeze(),
-                    inner: stream,
-                }));
+                return hand_over(stream, &output, prefix.freeze()).await;
             };
             let unread = head.head_len + head.body_len - available;
             let (response, body_complete) = if unread == 0 {
@@ -133,10 +126,8 @@ where
             send(&mut stream, &output).await?;
             output.clear();
         }
-        if input.capacity() - input.len() < READ_CHUNK / 4 {
-            input.reserve(READ_CHUNK);
-        }
-        let deadline = tokio::time::Instant::from_std(waiting_since + limits.header_read_timeout);
+        make_room(&mut input);
+        let deadline = tokio::time::Instant::from_std(waiting_since + header_read_timeout);
         tokio::select! {
             biased;
             () = stop.cancelled() => return Ok(Ended::Closed),
@@ -150,6 +141,27 @@ where
     }
 }
 
+/// Writes the answers so far, then leaves the connection to hyper, which reads
+/// `unserved` first.
+async fn hand_over<S: AsyncWrite + Unpin>(
+    mut stream: S,
+    output: &[u8],
+    unserved: Bytes,
+) -> io::Result<Ended<S>> {
+    send(&mut stream, output).await?;
+    Ok(Ended::Handover(Rewind {
+        prefix: unserved,
+        inner: stream,
+    }))
+}
+
+/// Makes room in `input` for the next read.
+fn make_room(input: &mut BytesMut) {
+    if input.capacity() - input.len() < READ_CHUNK / 4 {
+        input.reserve(READ_CHUNK);
+    }
+}
+
 /// Writes `output` out (through TLS too).
 async fn send<S: AsyncWrite + Unpin>(stream: &mut S, output: &[u8]) -> io::Result<()> {
     if output.is_empty() {
@@ -159,22 +171,30 @@ async fn send<S: AsyncWrite + Unpin>(stream: &mut S, output: &[u8]) -> io::Resul
     stream.flush().await
 }
 
-/// Where a request's head and body lie in the read buffer.
+/// A request head the lean path serves, its parts as ranges of the read buffer (which
+/// the request, once split off, shares).
+#[derive(Default)]
 struct Head {
     head_len: usize,
     body_len: usize,
     /// The client asked to close after this request.
     close: bool,
+    method: Method,
+    target: Range<usize>,
+    /// Each header's name and value.
+    headers: [(Range<usize>, Range<usize>); MAX_HEADERS],
+    header_count: usize,
 }
 
 enum Framing {
-    Complete(Head),
+    /// The head was read into the caller's [`Head`].
+    Complete,
     Partial,
     NotServed,
 }
 
-/// Frames the request at the start of `input`, or says why it cannot.
-fn frame(input: &[u8], max_body: usize) -> Framing {
+/// Frames the request at the start of `input` into `head`, or says why it cannot.
+fn frame(input: &[u8], max_body: usize, head: &mut Head) -> Framing {
     if input.is_empty() {
         return Framing::Partial;
     }
@@ -187,12 +207,19 @@ fn frame(input: &[u8], max_body: usize) -> Framing {
         }
         _ => return Framing::NotServed,
     };
-    if request.version != Some(1) || method(request.method).is_none() {
+    let (Some(1), Some(method), Some(target)) =
+        (request.version, method(request.method), request.path)
+    else {
         return Framing::NotServed;
-    }
+    };
+    let range = |part: &[u8]| {
+        let start = part.as_ptr() as usize - input.as_ptr() as usize;
+        start..start + part.len()
+    };
     let mut body_len = None;
     let mut close = false;
-    for header in request.headers.iter() {
+    for (at, header) in request.headers.iter().enumerate() {
+        head.headers[at] = (range(header.name.as_bytes()), range(header.value));
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
             let length = std::str::from_utf8(header.value)
@@ -209,21 +236,27 @@ fn frame(input: &[u8], max_body: usize) -> Framing {
         {
             return Framing::NotServed;
         } else if name.eq_ignore_ascii_case("connection") {
-            let tokens = String::from_utf8_lossy(header.value);
-            for token in tokens.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("close") {
+            for token in connection_tokens(header.value) {
+                if token.eq_ignore_ascii_case(b"close") {
                     close = true;
-                } else if token.eq_ignore_ascii_case("upgrade") {
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
                     return Framing::NotServed;
                 }
             }
         }
     }
-    Framing::Complete(Head {
-        head_len,
-        body_len: body_len.unwrap_or(0),
-        close,
-    })
+    head.head_len = head_len;
+    head.body_len = body_len.unwrap_or(0);
+    head.close = close;
+    head.method = method;
+    head.target = range(target.as_bytes());
+    head.header_count = request.headers.len();
+    Framing::Complete
+}
+
+/// The comma-separated tokens of a `Connection` header's value.
+fn connection_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
 fn method(name: Option<&str>) -> Option<Method> {
@@ -237,23 +270,18 @@ fn method(name: Option<&str>) -> Option<Method> {
 }
 
 /// The request whose head `frame` accepted at the start of `received`, without its
-/// body; the path and header values share `received`'s memory. `None` when hyper
+/// body; the target and header values share `received`'s memory. `None` when hyper
 /// would refuse the target.
 fn build_request(received: &Bytes, head: &Head) -> Option<Request<()>> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    // The same bytes parsed completely a moment ago.
-    let _ = parsed.parse(&received[..head.head_len]);
     let mut request = Request::new(());
-    *request.method_mut() = method(parsed.method)?;
-    *request.uri_mut() =
-        Uri::from_maybe_shared(received.slice_ref(parsed.path?.as_bytes())).ok()?;
+    *request.method_mut() = head.method.clone();
+    *request.uri_mut() = Uri::from_maybe_shared(received.slice(head.target.clone())).ok()?;
     let map = request.headers_mut();
-    map.reserve(parsed.headers.len());
-    for header in parsed.headers.iter() {
+    map.reserve(head.header_count);
+    for (name, value) in &head.headers[..head.header_count] {
         map.append(
-            HeaderName::from_bytes(header.name.as_bytes()).ok()?,
-            HeaderValue::from_maybe_shared(received.slice_ref(header.value)).ok()?,
+            HeaderName::from_bytes(&received[name.clone()]).ok()?,
+            HeaderValue::from_maybe_shared(received.slice(value.clone())).ok()?,
         );
     }
     Some(request)
@@ -294,9 +322,7 @@ where
             drop(chunks);
             return (responding.await, unread == 0);
         }
-        if input.capacity() - input.len() < READ_CHUNK / 4 {
-            input.reserve(READ_CHUNK);
-        }
+        make_room(input);
         tokio::select! {
             response = responding.as_mut() => return (response, false),
             read = stream.read_buf(input) => {
@@ -321,11 +347,7 @@ fn wants_close(response: &Response<Body>) -> bool {
         .headers()
         .get_all(header::CONNECTION)
         .iter()
-        .any(|value| {
-            value
-                .to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
-        })
+        .any(|value| connection_tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close")))
 }
 
 /// Writes `response` as HTTP/1.1, its body framed by `Content-Length`.
@@ -482,27 +504,25 @@ mod tests {
     use super::*;
     use crate::http::{Node, router};
 
-    const LIMITS: DoorLimits = DoorLimits {
-        header_read_timeout: Duration::from_secs(5),
-        max_body: 1024,
-    };
+    const LIMITS: DoorLimits = DoorLimits { max_body: 1024 };
+    const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
     use crate::http::small_test_node as node;
 
     /// Serves one end of a fresh connection on the lean path.
     fn open(
         node: &Arc<Node>,
-        limits: DoorLimits,
+        header_read_timeout: Duration,
     ) -> (
         DuplexStream,
         tokio::task::JoinHandle<io::Result<Ended<DuplexStream>>>,
     ) {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let app = router(node.clone());
-        let serving =
-            tokio::spawn(
-                async move { serve(server, &app, &CancellationToken::new(), limits).await },
-            );
+        let serving = tokio::spawn(async move {
+            let stop = CancellationToken::new();
+            serve(server, &app, &stop, header_read_timeout, LIMITS).await
+        });
         (client, serving)
     }
 
@@ -541,7 +561,7 @@ mod tests {
     #[tokio::test]
     async fn pipelined_requests_are_answered_in_order_on_one_connection() {
         let node = node();
-        let (mut client, serving) = open(&node, LIMITS);
+        let (mut client, serving) = open(&node, HEADER_READ_TIMEOUT);
         client
             .write_all(
                 b"PUT /cache/k HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\n\
@@ -576,7 +596,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_that_arrives_in_pieces_reaches_the_handler_whole() {
         let node = node();
-        let (mut client, serving) = open(&node, LIMITS);
+        let (mut client, serving) = open(&node, HEADER_READ_TIMEOUT);
         client
             .write_all(
                 b"PUT /cache/k HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\n\
@@ -600,7 +620,7 @@ mod tests {
     #[tokio::test]
     async fn connection_close_is_answered_then_the_connection_ends() {
         let node = node();
-        let (mut client, serving) = open(&node, LIMITS);
+        let (mut client, serving) = open(&node, HEADER_READ_TIMEOUT);
         client
             .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             .await
@@ -615,7 +635,7 @@ mod tests {
     /// What the lean path hands over, and the bytes hyper then reads.
     async fn handed_over(first_request: &[u8], rest: &[u8]) -> (String, Vec<u8>) {
         let node = node();
-        let (mut client, serving) = open(&node, LIMITS);
+        let (mut client, serving) = open(&node, HEADER_READ_TIMEOUT);
         let mut sent = first_request.to_vec();
         sent.extend_from_slice(rest);
         client.write_all(&sent).await.unwrap();
@@ -662,11 +682,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_ends_at_the_header_timeout() {
         let node = node();
-        let limits = DoorLimits {
-            header_read_timeout: Duration::from_millis(50),
-            ..LIMITS
-        };
-        let (mut client, serving) = open(&node, limits);
+        let (mut client, serving) = open(&node, Duration::from_millis(50));
         client
             .write_all(b"GET /cache/k HTTP/1.1\r\n")
             .await
