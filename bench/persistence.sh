@@ -4,7 +4,7 @@
 # 3-member etcd (which fsyncs its WAL before it acknowledges). Every data directory is on
 # this machine's disk (under target/, not tmpfs). One load generator for all
 # (`dcache bench --target`): CONNECTIONS connections, sets only of 100-byte values over
-# 10,000 keys, DURATION per run, ROUNDS runs per system, medians. Then, for
+# 10,000 keys, DURATION per run, ROUNDS rounds interleaved over the systems, medians. Then, for
 # `interval:10`, the loss window a machine crash would have: how long acknowledged
 # writes waited for their fdatasync (the nodes' dcache_wal_unsynced_window_seconds).
 set -euo pipefail
@@ -27,10 +27,10 @@ use_workdir "$PWD/target/bench-persistence.XXXXXX"
 threads=$(( $(nproc) / 3 > 0 ? $(nproc) / 3 : 1 ))
 
 # start_dcache NAME FSYNC: a 3-node cluster, memory-only if FSYNC is `none`; sets
-# dcache_nodes (comma-separated API addresses) and system_pids.
+# nodes[NAME] (comma-separated API addresses).
+declare -A nodes targets
 start_dcache() {
-  local name=$1 fsync=$2 members="" i api raft
-  dcache_nodes="" system_pids=()
+  local name=$1 fsync=$2 members="" addrs="" i api raft
   for i in 0 1 2; do
     api=$(free_port) raft=$(free_port)
     local persistence=()
@@ -41,19 +41,15 @@ start_dcache() {
       --raft-listen "127.0.0.1:$raft" --node-id "$name-$i" "${persistence[@]}" \
       --worker-threads "$threads" --http-workers "$threads" \
       >"$work/$name-$i.log" 2>&1 &
-    pids+=($!) system_pids+=($!)
+    pids+=($!)
     members+="${members:+,}{\"name\":\"$name-$i\",\"api_addr\":\"127.0.0.1:$api\",\"raft_addr\":\"127.0.0.1:$raft\"}"
-    dcache_nodes+="${dcache_nodes:+,}127.0.0.1:$api"
+    addrs+="${addrs:+,}127.0.0.1:$api"
   done
-  for addr in ${dcache_nodes//,/ }; do wait_http "http://$addr/health"; done
+  for addr in ${addrs//,/ }; do wait_http "http://$addr/health"; done
   curl -fsS -o /dev/null -X POST -H 'content-type: application/json' \
-    -d "{\"cluster_id\":\"$name\",\"members\":[$members]}" "http://${dcache_nodes%%,*}/cluster/init"
-  for addr in ${dcache_nodes//,/ }; do wait_http "http://$addr/ready" 120; done  # 65 groups a node to elect
-}
-
-stop_system() {
-  kill "${system_pids[@]}" 2>/dev/null || true
-  wait "${system_pids[@]}" 2>/dev/null || true
+    -d "{\"cluster_id\":\"$name\",\"members\":[$members]}" "http://${addrs%%,*}/cluster/init"
+  for addr in ${addrs//,/ }; do wait_http "http://$addr/ready" 120; done  # 65 groups a node to elect
+  nodes[$name]=$addrs targets[$name]=dcache
 }
 
 bench() {  # bench TARGET NODES: prints the JSON report of one sets-only run on one line
@@ -64,36 +60,30 @@ bench() {  # bench TARGET NODES: prints the JSON report of one sets-only run on 
 
 results="$work/results.jsonl"
 windows="$work/windows.txt"
-run_system() {  # run_system NAME TARGET NODES
-  local name=$1 target=$2 nodes=$3
-  echo "preloading $name" >&2
-  "$DCACHE" --nodes "$nodes" bench --target "$target" -c "$CONNECTIONS" -n 1 \
-    --value-size 100 --keyspace "$KEYSPACE" --preload --json >/dev/null 2>&1
-  for round in $(seq "$ROUNDS"); do
-    echo "$name: run $round/$ROUNDS" >&2
-    echo "{\"system\":\"$name\",\"report\":$(bench "$target" "$nodes")}" >>"$results"
-  done
-}
-
+systems=(dcache-none dcache-always dcache-interval-10 etcd)
+# All four systems run at once and the rounds go round-robin over them, so that a
+# change in the machine's speed during the run moves every system alike (the systems
+# not being measured are idle: a few percent of a core).
 for fsync in none always interval:10; do
-  name=dcache-${fsync//:/-}
-  start_dcache "$name" "$fsync"
-  run_system "$name" dcache "$dcache_nodes"
-  if [ "$fsync" = interval:10 ]; then
-    for addr in ${dcache_nodes//,/ }; do
-      curl -fsS "http://$addr/metrics" | grep '^dcache_wal_unsynced_window_seconds' >>"$windows"
-    done
-  fi
-  stop_system
+  start_dcache "dcache-${fsync//:/-}" "$fsync"
 done
-
 mkdir -p "$work/etcd"
-system_pids=()
-before=("${pids[@]}")
 start_etcd "$work/etcd"
-system_pids=("${pids[@]:${#before[@]}}")
-run_system etcd etcd "$etcd_nodes"
-stop_system
+nodes[etcd]=$etcd_nodes targets[etcd]=etcd
+for name in "${systems[@]}"; do
+  echo "preloading $name" >&2
+  "$DCACHE" --nodes "${nodes[$name]}" bench --target "${targets[$name]}" -c "$CONNECTIONS" \
+    -n 1 --value-size 100 --keyspace "$KEYSPACE" --preload --json >/dev/null 2>&1
+done
+for round in $(seq "$ROUNDS"); do
+  for name in "${systems[@]}"; do
+    echo "round $round/$ROUNDS: $name" >&2
+    echo "{\"system\":\"$name\",\"report\":$(bench "${targets[$name]}" "${nodes[$name]}")}" >>"$results"
+  done
+done
+for addr in ${nodes[dcache-interval-10]//,/ }; do
+  curl -fsS "http://$addr/metrics" | grep '^dcache_wal_unsynced_window_seconds' >>"$windows"
+done
 
 python3 - "$results" "$windows" "$OUT" "$ROUNDS" "$DURATION" "$CONNECTIONS" <<'PY'
 import json, re, statistics, subprocess, sys
@@ -114,7 +104,7 @@ cpu = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
 memory = statistics.median(v[0] for v in runs["dcache-none"])
 lines = [
     f"`dcache bench --target … --ratio 0:1`, {conns} connections, sets of 100-byte values "
-    f"over 10,000 keys, {duration} per run, median of {rounds} runs per system; all servers "
+    f"over 10,000 keys, {duration} per run, median of {rounds} rounds interleaved over the systems; all servers "
     f"and the load generator on one machine with {cpu} cores, every data directory on its disk",
     "",
     "| system | set ops/s | vs memory-only | set p50 | set p99 |",
