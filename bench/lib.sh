@@ -104,10 +104,12 @@ start_etcd() {
 # fixed base lets a killed node restart at the address the cluster knows); appends the
 # runner's pid to the array `pids`, waits until it prints its endpoints and sets
 # `dcache_nodes` (comma-separated API addresses) and `dcache_node_pids` (the node
-# processes, comma-separated). Usage: start_dcache_local DIR [BASE_PORT]
+# processes, comma-separated). More `dcache local` flags may follow.
+# Usage: start_dcache_local DIR [BASE_PORT [FLAGS...]]
 start_dcache_local() {
   local dir=$1 base_port=${2:-0}
-  "$DCACHE" local --nodes 3 --base-port "$base_port" --data-dir "$dir/dcache" \
+  shift $(( $# < 2 ? $# : 2 ))
+  "$DCACHE" local --nodes 3 --base-port "$base_port" --data-dir "$dir/dcache" "$@" \
     >"$dir/dcache.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 600); do
