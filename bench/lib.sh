@@ -99,6 +99,14 @@ start_etcd() {
   for i in 0 1 2; do wait_http "http://127.0.0.1:${client_ports[$i]}/health"; done
 }
 
+# Writes each of the KEYSPACE keys once (100-byte values, CONNECTIONS connections) into
+# TARGET (dcache, redis or etcd) at NODES, so that gets find them and sets overwrite.
+# Usage: preload TARGET NODES
+preload() {
+  "$DCACHE" --nodes "$2" bench --target "$1" -c "$CONNECTIONS" -n 1 --value-size 100 \
+    --keyspace "$KEYSPACE" --preload --json >/dev/null 2>&1
+}
+
 # Starts a 3-node `dcache local` cluster (release build, default settings) with its
 # data under DIR, its API ports from BASE_PORT on (default 0: ports the kernel picks; a
 # fixed base lets a killed node restart at the address the cluster knows); appends the

@@ -50,8 +50,7 @@ declare -A targets=(
 for name in dcache redis etcd; do
   read -r target nodes <<<"${targets[$name]}"
   echo "preloading $name" >&2
-  "$DCACHE" --nodes "$nodes" bench --target "$target" -c "$CONNECTIONS" -n 1 \
-    --value-size 100 --keyspace "$KEYSPACE" --preload --json >/dev/null 2>&1
+  preload "$target" "$nodes"
 done
 
 results="$work/results.jsonl"
@@ -65,8 +64,7 @@ one_partition_sets() {
   mkdir -p "$dir"
   start_dcache_local "$dir" 0 --partitions 1
   runner=${pids[-1]} nodes=$dcache_nodes dcache_nodes=$default_nodes
-  "$DCACHE" --nodes "$nodes" bench -c "$CONNECTIONS" -n 1 --value-size 100 \
-    --keyspace "$KEYSPACE" --preload --json >/dev/null 2>&1
+  preload dcache "$nodes"
   echo "{\"system\":\"dcache-one-partition\",\"op\":\"set\",\"report\":$(bench dcache "$nodes" 0:1)}" >>"$results"
   kill "$runner" 2>/dev/null || true
   wait "$runner" 2>/dev/null || true

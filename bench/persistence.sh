@@ -72,8 +72,7 @@ start_etcd "$work/etcd"
 nodes[etcd]=$etcd_nodes targets[etcd]=etcd
 for name in "${systems[@]}"; do
   echo "preloading $name" >&2
-  "$DCACHE" --nodes "${nodes[$name]}" bench --target "${targets[$name]}" -c "$CONNECTIONS" \
-    -n 1 --value-size 100 --keyspace "$KEYSPACE" --preload --json >/dev/null 2>&1
+  preload "${targets[$name]}" "${nodes[$name]}"
 done
 for round in $(seq "$ROUNDS"); do
   for name in "${systems[@]}"; do

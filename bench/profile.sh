@@ -37,8 +37,7 @@ trap cleanup EXIT
 
 start_dcache_local "$work"
 
-"$DCACHE" --nodes "$dcache_nodes" bench -c "$CONNECTIONS" -n 1 --value-size 100 \
-  --keyspace "$KEYSPACE" --preload --json >/dev/null 2>&1
+preload dcache "$dcache_nodes"
 
 resp_addr=$(python3 -c 'import json, sys
 print(json.load(open(sys.argv[1]))["nodes"][0]["resp_addr"])' "$work/dcache/local-cluster.json")
